@@ -1,0 +1,61 @@
+"""What every ehrlab model declares to the runner, whatever its family.
+
+The runner (``ehrlab.pipeline``) never hard-codes model specifics: it reads the monitored
+metric and its mode from the model, lets the model build its own optimisers (manual
+optimisation included, for GANs), and calls the family hooks below.
+
+Every model is built as ``instantiate(cfg.model, vocabulary=datamodule.vocabulary)``:
+``vocabulary[i]`` is the code string of id ``i`` and id 0 is padding. The vocabulary is
+stored in every checkpoint so that a checkpoint can be checked against the data it is
+loaded with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from ehrlab.errors import UserInputError
+
+PAD_CODE = "[PAD]"
+
+
+class EHRModule(pl.LightningModule):
+    """Base of every ehrlab LightningModule."""
+
+    #: metric logged during validation that selects the best checkpoint
+    monitor: str = "val/loss"
+    #: "min" or "max"
+    monitor_mode: str = "min"
+
+    def __init__(self, vocabulary: list[str]):
+        super().__init__()
+        if not vocabulary or vocabulary[0] != PAD_CODE:
+            raise ValueError(f"vocabulary must start with the padding entry {PAD_CODE!r}")
+        self.vocabulary = list(vocabulary)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of code ids, padding included (embedding tables have this many rows)."""
+        return len(self.vocabulary)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ehrlab_vocabulary"] = self.vocabulary
+
+    def check_checkpoint_vocabulary(self, checkpoint: dict[str, Any], ckpt_path: str) -> None:
+        saved = checkpoint.get("ehrlab_vocabulary")
+        if saved is not None and saved != self.vocabulary:
+            raise UserInputError(
+                f"checkpoint {ckpt_path} was trained on a different code vocabulary "
+                f"({len(saved)} codes) than the data of this run ({len(self.vocabulary)} codes): "
+                "use the same data=, task= and data options as the run that trained it."
+            )
+
+    def write_analyses(self, datamodule: pl.LightningDataModule, out_dir: Path) -> dict[str, float]:
+        """Model-specific analyses for ``stage=evaluate`` (tables, plots in ``out_dir``).
+
+        Returns scalar results to merge into metrics.json. Default: none.
+        """
+        return {}
