@@ -1,0 +1,151 @@
+"""MIMIC-III v1.4 (and its demo) CSV reader.
+
+A visit is an admission (HADM_ID), ordered by ADMITTIME. Each admission contributes a
+`HOSPITAL_ADMISSION//<ADMISSION_TYPE>` event at ADMITTIME; its diagnoses (and procedures,
+which MIMIC-III does not time-stamp) are placed at DISCHTIME, as MEDS-ETL does for MIMIC-IV,
+because that is when they are coded. Prescriptions are placed at STARTDATE.
+
+The full release has UPPERCASE file names and headers, the public demo lowercase ones;
+both `.csv` and `.csv.gz` are accepted (see `tables.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ehrlab.data import schema
+from ehrlab.data.codes import normalize_icd9_diagnosis, normalize_icd9_procedure
+from ehrlab.data.sources.base import CanonicalTables, Source, file_fingerprints
+from ehrlab.data.sources.tables import check_root, find_table, read_table, require_table
+from ehrlab.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_TABLES = {"procedures": "PROCEDURES_ICD", "prescriptions": "PRESCRIPTIONS"}
+
+
+class MIMIC3Source(Source):
+    """Reads PATIENTS, ADMISSIONS, DIAGNOSES_ICD (required) and optional tables.
+
+    Args:
+        root: folder with the MIMIC-III CSV files.
+        tables: event tables to read besides admissions: "diagnoses" (always read, it
+            defines the cohort codes), "procedures", "prescriptions".
+        truncate_icd: keep only the 3-character ICD category (off: full granularity).
+    """
+
+    name = "mimic3"
+
+    def __init__(self, root: str | Path | None, tables: list[str] = ("diagnoses",), truncate_icd: bool = False):
+        self.root = check_root(root, self.name)
+        unknown = set(tables) - {"diagnoses", *OPTIONAL_TABLES}
+        if unknown:
+            raise UserInputError(
+                f"data.tables: unknown table(s) {sorted(unknown)} for mimic3; "
+                f"valid: diagnoses, {', '.join(OPTIONAL_TABLES)}."
+            )
+        self.tables = sorted(set(tables) | {"diagnoses"})
+        self.truncate_icd = truncate_icd
+        self.paths = {
+            "patients": require_table(self.root, "PATIENTS", self.name),
+            "admissions": require_table(self.root, "ADMISSIONS", self.name),
+            "diagnoses": require_table(self.root, "DIAGNOSES_ICD", self.name),
+        }
+        for option in self.tables:
+            if option in OPTIONAL_TABLES:
+                path = find_table(self.root, OPTIONAL_TABLES[option])
+                if path is None:
+                    log.warning("mimic3: optional table %s not found in %s; skipped", OPTIONAL_TABLES[option], self.root)
+                else:
+                    self.paths[option] = path
+
+    def cache_identity(self) -> dict:
+        return {
+            "files": file_fingerprints(list(self.paths.values())),
+            "tables": self.tables,
+            "truncate_icd": self.truncate_icd,
+        }
+
+    def read(self) -> CanonicalTables:
+        counts: dict[str, int] = {}
+        patients = read_table(self.paths["patients"], ["subject_id", "gender", "dob"],
+                              dtype={"gender": "str"}, dates=["dob"])
+        admissions = read_table(
+            self.paths["admissions"],
+            ["subject_id", "hadm_id", "admittime", "dischtime", "admission_type", "ethnicity"],
+            dtype={"admission_type": "str", "ethnicity": "str"},
+            dates=["admittime", "dischtime"],
+            required=["subject_id", "hadm_id", "admittime", "dischtime"],
+        )
+        known_subject = admissions["subject_id"].isin(patients["subject_id"])
+        counts["admissions_unknown_subject"] = int((~known_subject).sum())
+        admissions = admissions.loc[known_subject]
+
+        events = [self._admission_events(admissions)]
+        diagnoses = read_table(self.paths["diagnoses"], ["subject_id", "hadm_id", "seq_num", "icd9_code"],
+                               dtype={"icd9_code": "str"})
+        events.append(self._coded_events(diagnoses, admissions, "diagnoses", counts,
+                                         lambda c: normalize_icd9_diagnosis(c, truncate=self.truncate_icd),
+                                         schema.DIAGNOSIS_PREFIX + "9//"))
+        if "procedures" in self.paths:
+            procedures = read_table(self.paths["procedures"], ["subject_id", "hadm_id", "seq_num", "icd9_code"],
+                                    dtype={"icd9_code": "str"})
+            events.append(self._coded_events(procedures, admissions, "procedures", counts,
+                                             lambda c: normalize_icd9_procedure(c, truncate=self.truncate_icd),
+                                             schema.PROCEDURE_PREFIX + "9//"))
+        if "prescriptions" in self.paths:
+            events.append(self._prescription_events(admissions, counts))
+
+        race = admissions.groupby("subject_id")["ethnicity"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else None)
+        static = patients.rename(columns={"dob": "birth_date"})
+        static["race"] = static["subject_id"].map(race)
+        all_events = pd.concat(events, ignore_index=True)
+        return CanonicalTables(
+            events=schema.conform_events(all_events).sort_values(["subject_id", "time"], kind="stable", ignore_index=True),
+            static=schema.conform_static(static),
+            counts=counts,
+        )
+
+    @staticmethod
+    def _admission_events(admissions: pd.DataFrame) -> pd.DataFrame:
+        kind = admissions["admission_type"].fillna("UNKNOWN").astype("str").str.upper()
+        return pd.DataFrame({
+            "subject_id": admissions["subject_id"],
+            "time": admissions["admittime"],
+            "code": "HOSPITAL_ADMISSION//" + kind,
+            "visit_id": admissions["hadm_id"],
+        })
+
+    @staticmethod
+    def _coded_events(rows, admissions, table, counts, normalize, prefix) -> pd.DataFrame:
+        missing_code = rows["icd9_code"].isna() | (rows["icd9_code"].astype("str").str.strip() == "")
+        counts[f"{table}_missing_code"] = int(missing_code.sum())
+        rows = rows.loc[~missing_code]
+        rows = rows.merge(admissions[["hadm_id", "dischtime"]], on="hadm_id", how="left")
+        unknown = rows["dischtime"].isna()
+        counts[f"{table}_unknown_admission"] = int(unknown.sum())
+        if unknown.any():
+            log.warning("mimic3: %d %s rows refer to unknown admissions; dropped", int(unknown.sum()), table)
+        rows = rows.loc[~unknown].sort_values(["hadm_id", "seq_num"], kind="stable")
+        return pd.DataFrame({
+            "subject_id": rows["subject_id"].to_numpy(),
+            "time": rows["dischtime"].to_numpy(),
+            "code": (prefix + normalize(rows["icd9_code"])).to_numpy(),
+            "visit_id": rows["hadm_id"].to_numpy(),
+        })
+
+    def _prescription_events(self, admissions, counts) -> pd.DataFrame:
+        rows = read_table(self.paths["prescriptions"], ["subject_id", "hadm_id", "startdate", "drug"],
+                          dtype={"drug": "str"}, dates=["startdate"])
+        keep = rows["hadm_id"].isin(admissions["hadm_id"]) & rows["drug"].notna() & rows["startdate"].notna()
+        counts["prescriptions_dropped_unknown_admission_or_missing_drug_or_date"] = int((~keep).sum())
+        rows = rows.loc[keep]
+        return pd.DataFrame({
+            "subject_id": rows["subject_id"],
+            "time": rows["startdate"],
+            "code": schema.MEDICATION_PREFIX + rows["drug"].astype("str").str.strip(),
+            "visit_id": rows["hadm_id"],
+        })

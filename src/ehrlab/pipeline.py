@@ -1,0 +1,207 @@
+"""The stages of a run: prepare → train → generate → evaluate (`stage=all` runs them all).
+
+`run.py` composes the Hydra config and calls `run(cfg)`. Each stage is a short function;
+everything a run produces goes to its run directory:
+
+    config.yaml          resolved config
+    data_stats.json      statistics of the prepared data (Table 1 of seed 000 / 12 of seed 002)
+    checkpoints/         best.ckpt (on the model's own monitored metric) and last.ckpt
+    metrics.json         flat JSON of every final metric
+    predictions.parquet  risk models: test-split probabilities
+    synthetic.parquet    generators: the synthetic records (and synthetic.csv)
+    evaluation/          generators: report.md, evaluation.json and plots of the evaluation
+    plots/ ...           model analyses
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ehrlab.data.cache import default_cache_dir, load_canonical
+from ehrlab.data.datamodules import EHRDataModule
+from ehrlab.data.tasks.base import TaskData
+from ehrlab.errors import UserInputError
+from ehrlab.loggers import build_logger, finish, log_results
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "train", "generate", "evaluate", "all")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the configured stage(s); returns the metrics written to metrics.json."""
+    stage = cfg.stage
+    if stage not in STAGES:
+        raise UserInputError(f"stage={stage} is not a stage; valid: {', '.join(STAGES)}.")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    task_data = prepare(cfg, run_dir)
+    metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
+    if stage == "prepare":
+        return write_metrics(run_dir, metrics)
+
+    datamodule = EHRDataModule(task_data, batch_size=cfg.loader.batch_size, num_workers=cfg.loader.num_workers,
+                               pin_memory=cfg.loader.pin_memory)
+    model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
+    is_generator = hasattr(model, "generate")
+    check_model_fits_task(cfg, is_generator, task_data, stage)
+    logger = build_logger(cfg, run_dir)
+    plots: list[Path] = []
+    try:
+        if stage in ("train", "all"):
+            trainer = train(cfg, model, datamodule, logger, run_dir)
+            best = trainer.checkpoint_callback.best_model_path or None
+            if best:
+                load_weights(model, best)
+        else:
+            trainer = build_trainer(cfg, model, logger, run_dir)
+            if cfg.ckpt_path:
+                load_weights(model, cfg.ckpt_path)
+            elif stage != "evaluate" or not is_generator:
+                raise UserInputError(f"stage={stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
+                                     "(a run directory's checkpoints/best.ckpt).")
+        if is_generator:
+            if stage in ("generate", "all") or (stage == "evaluate" and cfg.ckpt_path and not cfg.synthetic_path):
+                metrics |= generate(cfg, model, task_data, run_dir)
+            if stage in ("evaluate", "all"):
+                metrics_eval, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
+                metrics |= metrics_eval
+        elif stage in ("train", "evaluate", "all"):
+            metrics |= evaluate_risk(trainer, model, datamodule, run_dir)
+            if stage in ("evaluate", "all"):
+                metrics |= model.write_analyses(datamodule, run_dir)
+                plots = sorted(run_dir.glob("*.png"))
+        write_metrics(run_dir, metrics)
+        log_results(logger, metrics, plots)
+    finally:
+        finish(logger)
+    return metrics
+
+
+def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
+    """Canonical tables (cached) → task data (cached) → data_stats.json."""
+    source = instantiate(cfg.data.source)
+    task = instantiate(cfg.task)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    task_folder = cache_dir / "tasks" / f"{task.name}-{task.cache_key(source.cache_key(), cfg.seed)}"
+    if (task_folder / "task.json").exists():
+        log.info("reading prepared %s task from cache %s", task.name, task_folder)
+        task_data = TaskData.load(task_folder)
+    else:
+        tables = load_canonical(source, cache_dir)
+        planted = source.planted_risk() if hasattr(source, "planted_risk") else None
+        task_data = task.build(tables, seed=cfg.seed, planted_risk=planted)
+        task_data.save(task_folder)
+    (run_dir / "data_stats.json").write_text(json.dumps(task_data.stats, indent=2))
+    log.info("prepared %s: %s", task.name, {k: v for k, v in task_data.stats.items() if not isinstance(v, dict)})
+    return task_data
+
+
+def check_model_fits_task(cfg: DictConfig, is_generator: bool, task_data: TaskData, stage: str) -> None:
+    model_name = cfg.model._target_.rsplit(".", 1)[-1]
+    if is_generator and task_data.kind != "generation":
+        raise UserInputError(f"{model_name} is a generator: use task=generation (got a {task_data.kind} task).")
+    if not is_generator and task_data.kind != "risk":
+        raise UserInputError(f"{model_name} is a risk predictor: use a risk task such as task=heart_failure.")
+    if not is_generator and stage == "generate":
+        raise UserInputError(f"stage=generate needs a generator model (model=halo, model=gpt); {model_name} "
+                             "predicts risk: use stage=train, evaluate or all.")
+    for split, sequences in task_data.splits.items():
+        if sequences.n_patients == 0:
+            raise UserInputError(f"the {split} split is empty ({task_data.stats.get('n_patients')} patients "
+                                 "prepared): use more data or change task.split.")
+
+
+def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: Path) -> pl.Trainer:
+    """The configured Trainer with the callbacks the model asks for."""
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=model.monitor,
+                                 mode=model.monitor_mode, save_last=True, auto_insert_metric_name=False)
+    callbacks = [checkpoint]
+    patience = getattr(model, "early_stopping_patience", None)
+    if patience:
+        callbacks.append(EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=patience))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
+                       default_root_dir=str(run_dir))
+
+
+def train(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
+    trainer = build_trainer(cfg, model, logger, run_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    return trainer
+
+
+def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
+    if not Path(ckpt_path).is_file():
+        raise UserInputError(f"ckpt_path={ckpt_path} does not exist.")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model.check_checkpoint_vocabulary(checkpoint, ckpt_path)
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def evaluate_risk(trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict[str, float]:
+    """Test metrics at the loaded (best-validation) weights and the test predictions."""
+    results = trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+    predictions = trainer.predict(model, dataloaders=datamodule.test_dataloader())
+    if predictions:
+        frame = pd.DataFrame({k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in predictions[0]})
+        frame.to_parquet(run_dir / "predictions.parquet", index=False)
+    return metrics
+
+
+def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
+    """Synthetic patients in the long format, with ids that never coincide with real ones."""
+    from ehrlab.evaluation.synthetic import table12_statistics
+
+    n = cfg.generate.n_patients or task_data.splits["train"].n_patients
+    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
+    first_free_id = max(int(s.subject_id.max()) for s in task_data.splits.values()) + 1
+    records["subject_id"] = records["subject_id"].astype("int64") + first_free_id
+    records.to_parquet(run_dir / "synthetic.parquet", index=False)
+    records.to_csv(run_dir / "synthetic.csv", index=False)
+    return {f"synthetic/{k}": v for k, v in table12_statistics(records).items()}
+
+
+def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
+    from ehrlab.evaluation.synthetic import evaluate_synthetic, plot_paths
+
+    path = Path(cfg.synthetic_path) if cfg.synthetic_path else run_dir / "synthetic.parquet"
+    if not path.exists():
+        raise UserInputError(f"no synthetic records at {path}: run stage=generate first, or give "
+                             "synthetic_path=/path/to/synthetic.parquet.")
+    synthetic = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"code": "str"})
+    vocabulary = task_data.vocabulary
+    out_dir = run_dir / "evaluation"
+    metrics = evaluate_synthetic(task_data.splits["train"].to_long_table(vocabulary),
+                                 task_data.splits["test"].to_long_table(vocabulary),
+                                 synthetic, out_dir, **cfg.evaluate)
+    return metrics, plot_paths(out_dir)
+
+
+def flat_numbers(stats: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict, keys joined with '/'."""
+    flat = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            flat |= flat_numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, float]) -> dict[str, float]:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
