@@ -127,9 +127,13 @@ def check_model_fits_task(cfg: DictConfig, is_generator: bool, task_data: TaskDa
 
 def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: Path) -> pl.Trainer:
     """The configured Trainer with the callbacks the model asks for."""
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=model.monitor,
-                                 mode=model.monitor_mode, save_last=True, auto_insert_metric_name=False)
-    callbacks = [checkpoint]
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=model.monitor,
+                           mode=model.monitor_mode, auto_insert_metric_name=False, enable_version_counter=False)
+    # Lightning's save_last only writes when the best checkpoint changes; resuming needs the
+    # latest epoch every time, so last.ckpt has its own unmonitored callback.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    callbacks = [best, last]
     patience = getattr(model, "early_stopping_patience", None)
     if patience:
         callbacks.append(EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=patience))
@@ -139,7 +143,11 @@ def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: P
 
 def train(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
     trainer = build_trainer(cfg, model, logger, run_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise UserInputError(f"ckpt_path={cfg.ckpt_path} does not exist.")
+    # Checkpoints hold the model's hyperparameters (optimiser partials included), which
+    # torch's weights-only unpickler refuses; ckpt_path is the user's own file.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=False)
     return trainer
 
 

@@ -179,9 +179,9 @@ class RiskTask(Task):
     def _planted_ceiling(self, planted_risk: pd.DataFrame, test) -> dict[str, float]:
         """How well the synthetic source's own generating model ranks the test split: the
         ceiling a learned model can approach (it sees the visits, not the latent state)."""
-        from ehrlab.evaluation.prediction import binary_metrics
+        from ehrlab.evaluation.prediction import binary_classification_metrics
 
         risk = planted_risk.loc[planted_risk["cohort"] == self.name].set_index("subject_id")["risk"]
         scores = risk.reindex(test.subject_id).fillna(0.0).to_numpy()
-        metrics = binary_metrics(test.label, scores)
-        return {key: metrics[key] for key in ("pr_auc", "average_precision", "roc_auc")}
+        metrics = binary_classification_metrics(test.label, scores)
+        return {key: 100 * metrics[key] for key in ("pr_auc", "average_precision", "roc_auc")}  # percent
