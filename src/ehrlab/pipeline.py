@@ -82,8 +82,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         elif stage in ("train", "evaluate", "all"):
             metrics |= evaluate_risk(trainer, model, datamodule, run_dir)
             if stage in ("evaluate", "all"):
+                # Analyses may plot patient-level points (a t-SNE): they stay in the run directory.
                 metrics |= model.write_analyses(datamodule, run_dir)
-                plots = sorted(run_dir.glob("*.png"))
         write_metrics(run_dir, metrics)
         log_results(logger, metrics, plots)
     finally:

