@@ -1,4 +1,4 @@
-"""Shared test set-up: offline, and the real Hydra config composed and shrunk."""
+"""Shared test set-up: offline, one prepared-data cache per session, composed configs."""
 
 from __future__ import annotations
 
@@ -11,25 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
-from ehrlab.config import CONFIG_DIR, PROJECT_ROOT, register_sweeps  # noqa: E402
-
-FIXTURES = Path(__file__).parent / "fixtures"
-MIMIC3_TINY = FIXTURES / "mimic3-tiny"
-MIMIC4_DEMO = FIXTURES / "mimic-iv-demo-2.2"
-SMALL_SYNTHETIC = 1500  # patients: enough for a heart-failure cohort of a few hundred
-
-# What every composed test config overrides: tiny data, one short epoch, no logger.
-SHRINK = [
-    f"data.source.n_patients={SMALL_SYNTHETIC}",
-    "trainer=debug",
-    "logger=none",
-    "loader.batch_size=32",
-]
+from support import compose_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,35 +23,9 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
-def compose_config(overrides: list[str], run_dir: Path, cache_dir: Path, shrink: bool = True):
-    """The real config from conf/, composed as `python run.py <overrides>` would, and shrunk."""
-    register_sweeps()
-    GlobalHydra.instance().clear()
-    data_override = [o for o in overrides if o.startswith("data=")]
-    shrink_overrides = SHRINK if shrink else []
-    if data_override and data_override[-1] != "data=synthetic":
-        shrink_overrides = [o for o in shrink_overrides if not o.startswith("data.source.n_patients")]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*shrink_overrides, f"run_dir={run_dir}", f"cache_dir={cache_dir}",
-                                           *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # for the ${hydra:...} resolvers, as in a real run
-    with open_dict(cfg):
-        del cfg["hydra"]  # a real run's task config has no hydra node either
-    return cfg
-
-
 @pytest.fixture
 def make_config(tmp_path, cache_dir):
     def make(*overrides: str, shrink: bool = True, run_dir: Path | None = None):
         return compose_config(list(overrides), run_dir or tmp_path / "run", cache_dir, shrink)
 
     return make
-
-
-def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env_extra: dict | None = None, timeout: int = 600):
-    """`python run.py <args>` in a subprocess, as a user types it."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import MIMIC3_TINY, MIMIC4_DEMO, compose_config
+from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
 

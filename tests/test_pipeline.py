@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import MIMIC3_TINY, SHRINK, run_cli
+from support import MIMIC3_TINY, SHRINK, run_cli
 from ehrlab import pipeline
 from ehrlab.config import PROJECT_ROOT
 
@@ -21,7 +21,7 @@ RISK_METRICS = ("test/pr_auc", "test/average_precision", "test/f1", "test/kappa"
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cache_dir):
     """One `stage=all` run of the default model (LSTM) on the default data, shared below."""
-    from conftest import compose_config
+    from support import compose_config
 
     run_dir = tmp_path_factory.mktemp("trained")
     cfg = compose_config(["trainer.max_epochs=2"], run_dir, cache_dir)

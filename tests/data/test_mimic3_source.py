@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import MIMIC3_TINY
+from support import MIMIC3_TINY
 from ehrlab.data.cache import load_canonical
 from ehrlab.data.sources.mimic3 import MIMIC3Source
 from ehrlab.errors import UserInputError

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import MIMIC3_TINY, MIMIC4_DEMO
+from support import MIMIC3_TINY, MIMIC4_DEMO
 from ehrlab.config import CONFIG_DIR
 from ehrlab.data.datamodules import EHRDataModule, pad_batch
 from ehrlab.data.meds_export import export_meds
