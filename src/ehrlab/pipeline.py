@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -34,6 +35,8 @@ from ehrlab.errors import UserInputError
 from ehrlab.loggers import build_logger, finish, log_results
 
 log = logging.getLogger(__name__)
+# Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per step: nothing to act on.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 
 STAGES = ("prepare", "train", "generate", "evaluate", "all")
 
@@ -51,7 +54,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     task_data = prepare(cfg, run_dir)
     metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
     if stage == "prepare":
-        return write_metrics(run_dir, metrics)
+        write_metrics(run_dir, metrics)
+        print_summary(run_dir, metrics)
+        return metrics
 
     datamodule = EHRDataModule(task_data, batch_size=cfg.loader.batch_size, num_workers=cfg.loader.num_workers,
                                pin_memory=cfg.loader.pin_memory)
@@ -88,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log_results(logger, metrics, plots)
     finally:
         finish(logger)
+    print_summary(run_dir, metrics)
     return metrics
 
 
@@ -208,6 +214,15 @@ def flat_numbers(stats: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
             flat[f"{prefix}{key}"] = float(value)
     return flat
+
+
+def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
+    """The headline metrics on stdout; everything is in metrics.json."""
+    headline = {k: v for k, v in metrics.items()
+                if k.startswith(("test/", "eval/", "synthetic/", "data/planted_ceiling/")) and "_ci_" not in k}
+    width = max(map(len, headline), default=0)
+    lines = [f"  {key:<{width}}  {value:10.4f}" for key, value in sorted(headline.items())]
+    print("\n".join([f"ehrlab: run directory {run_dir}", *lines, f"  (all metrics: {run_dir / 'metrics.json'})"]))
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> dict[str, float]:
