@@ -1151,7 +1151,7 @@ def _readme(config: SyntheticConfig, tables: SyntheticTables, statistics: dict) 
             f"{summary['realised_prevalence'][cohort]:.3f} |")
     lines += [
         "",
-        f"6. A case's disease is first coded after ≥ 1 earlier admission with probability",
+        "6. A case's disease is first coded after ≥ 1 earlier admission with probability",
         f"   {config.case_prior_visit_fraction} (else at the first admission); such patients get ≥ 2",
         "   admissions, and everyone's readmissions grow with morbidity. Gaps between",
         "   admissions are log-normal (days to years).",

@@ -19,11 +19,11 @@ import pandas as pd
 from ehrlab.data import schema
 from ehrlab.data.codes import normalize_icd9_diagnosis, normalize_icd9_procedure
 from ehrlab.data.sources.base import CanonicalTables, Source, file_fingerprints
-from ehrlab.data.sources.tables import check_root, find_table, read_table, require_table
-from ehrlab.errors import UserInputError
+from ehrlab.data.sources.tables import check_root, locate_tables, read_table
 
 log = logging.getLogger(__name__)
 
+REQUIRED_TABLES = {"patients": "PATIENTS", "admissions": "ADMISSIONS", "diagnoses": "DIAGNOSES_ICD"}
 OPTIONAL_TABLES = {"procedures": "PROCEDURES_ICD", "prescriptions": "PRESCRIPTIONS"}
 
 
@@ -41,26 +41,9 @@ class MIMIC3Source(Source):
 
     def __init__(self, root: str | Path | None, tables: list[str] = ("diagnoses",), truncate_icd: bool = False):
         self.root = check_root(root, self.name)
-        unknown = set(tables) - {"diagnoses", *OPTIONAL_TABLES}
-        if unknown:
-            raise UserInputError(
-                f"data.tables: unknown table(s) {sorted(unknown)} for mimic3; "
-                f"valid: diagnoses, {', '.join(OPTIONAL_TABLES)}."
-            )
         self.tables = sorted(set(tables) | {"diagnoses"})
         self.truncate_icd = truncate_icd
-        self.paths = {
-            "patients": require_table(self.root, "PATIENTS", self.name),
-            "admissions": require_table(self.root, "ADMISSIONS", self.name),
-            "diagnoses": require_table(self.root, "DIAGNOSES_ICD", self.name),
-        }
-        for option in self.tables:
-            if option in OPTIONAL_TABLES:
-                path = find_table(self.root, OPTIONAL_TABLES[option])
-                if path is None:
-                    log.warning("mimic3: optional table %s not found in %s; skipped", OPTIONAL_TABLES[option], self.root)
-                else:
-                    self.paths[option] = path
+        self.paths, _ = locate_tables(self.root, self.name, REQUIRED_TABLES, OPTIONAL_TABLES, self.tables)
 
     def cache_identity(self) -> dict:
         return {

@@ -57,7 +57,7 @@ import pyarrow.csv as pa_csv
 from ehrlab.data import schema
 from ehrlab.data.codes import normalize_diagnosis, normalize_procedure
 from ehrlab.data.sources.base import CanonicalTables, Source, file_fingerprints
-from ehrlab.data.sources.tables import check_root, find_table, read_table, require_table
+from ehrlab.data.sources.tables import check_root, locate_tables, read_table
 from ehrlab.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -125,29 +125,14 @@ class MIMIC4Source(Source):
     ):
         self.root = check_root(root, self.name)
         tables = [tables] if isinstance(tables, str) else list(tables)
-        unknown = set(tables) - {"diagnoses", *OPTIONAL_TABLES}
-        if unknown:
-            raise UserInputError(
-                f"data.tables: unknown table(s) {sorted(unknown)} for mimic4; "
-                f"valid: diagnoses, {', '.join(OPTIONAL_TABLES)}."
-            )
         self.tables = sorted(set(tables) | {"diagnoses"})
         self.truncate_icd = bool(truncate_icd)
         self.itemids = {
             "labevents": _itemid_list(lab_itemids, "lab_itemids"),
             "chartevents": _itemid_list(chart_itemids, "chart_itemids"),
         }
-        self.paths = {name: require_table(self.root, file, self.name) for name, file in REQUIRED_TABLES.items()}
-        self.missing_tables: list[str] = []
-        for option in self.tables:
-            if option in OPTIONAL_TABLES:
-                path = find_table(self.root, OPTIONAL_TABLES[option])
-                if path is None:
-                    log.warning("mimic4: optional table %s(.csv/.csv.gz) not found in %s; skipped",
-                                OPTIONAL_TABLES[option], self.root)
-                    self.missing_tables.append(option)
-                else:
-                    self.paths[option] = path
+        self.paths, self.missing_tables = locate_tables(self.root, self.name, REQUIRED_TABLES, OPTIONAL_TABLES,
+                                                        self.tables)
 
     def cache_identity(self) -> dict:
         return {

@@ -66,6 +66,32 @@ def require_table(root: Path, name: str, source: str) -> Path:
     return path
 
 
+def locate_tables(root: Path, source: str, required: dict[str, str], optional: dict[str, str],
+                  requested: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """Paths of the required tables and of the requested optional ones.
+
+    `required` and `optional` map an option name ("diagnoses", "labevents") to a file stem
+    ("DIAGNOSES_ICD", "hosp/labevents"). A missing required table is an error; a missing
+    optional one is a logged warning and comes back in the list of missing options.
+    """
+    unknown = set(requested) - set(required) - set(optional)
+    if unknown:
+        raise UserInputError(
+            f"data.source.tables: unknown table(s) {sorted(unknown)} for {source}; "
+            f"valid: {', '.join([*required, *optional])}."
+        )
+    paths = {name: require_table(root, stem, source) for name, stem in required.items()}
+    missing = []
+    for name in sorted(set(requested) & set(optional)):
+        path = find_table(root, optional[name])
+        if path is None:
+            log.warning("%s: optional table %s(.csv/.csv.gz) not found in %s; skipped", source, optional[name], root)
+            missing.append(name)
+        else:
+            paths[name] = path
+    return paths, missing
+
+
 def read_table(
     path: Path,
     columns: list[str],
