@@ -15,7 +15,6 @@ everything a run produces goes to its run directory:
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from ehrlab.data.datamodules import EHRDataModule
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
 from ehrlab.loggers import build_logger, finish, log_results
+from ehrlab.serialization import write_json
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per step: nothing to act on.
@@ -111,7 +111,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
         planted = source.planted_risk() if hasattr(source, "planted_risk") else None
         task_data = task.build(tables, seed=cfg.seed, planted_risk=planted)
         task_data.save(task_folder)
-    (run_dir / "data_stats.json").write_text(json.dumps(task_data.stats, indent=2))
+    write_json(run_dir / "data_stats.json", task_data.stats)
     log.info("prepared %s: %s", task.name, {k: v for k, v in task_data.stats.items() if not isinstance(v, dict)})
     return task_data
 
@@ -178,7 +178,8 @@ def evaluate_risk(trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict
 
 def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
     """Synthetic patients in the long format, with ids that never coincide with real ones."""
-    from ehrlab.evaluation.synthetic import table12_statistics
+    from ehrlab.evaluation.synthetic.records import build_records
+    from ehrlab.evaluation.synthetic.structure import dataset_statistics
 
     n = cfg.generate.n_patients or task_data.splits["train"].n_patients
     records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
@@ -186,7 +187,8 @@ def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict
     records["subject_id"] = records["subject_id"].astype("int64") + first_free_id
     records.to_parquet(run_dir / "synthetic.parquet", index=False)
     records.to_csv(run_dir / "synthetic.csv", index=False)
-    return {f"synthetic/{k}": v for k, v in table12_statistics(records).items()}
+    _, built = build_records({"synthetic": records})
+    return {f"synthetic/{k}": v for k, v in dataset_statistics(built["synthetic"]).items()}  # Table 12's row
 
 
 def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
@@ -226,5 +228,5 @@ def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, float]) -> dict[str, float]:
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    write_json(run_dir / "metrics.json", metrics, sort_keys=True)  # NaN (undefined metrics) as null
     return metrics

@@ -1,0 +1,78 @@
+"""Evaluate synthetic EHR from any tool: `python -m ehrlab.evaluate --train A --test B --synthetic C --out DIR`.
+
+Each input is a long table (`subject_id, visit_id, code`, optional `time`) in Parquet
+(`.parquet`, `.pq`) or CSV (`.csv`, `.csv.gz`, anything else). Writes `DIR/metrics.json`
+(the flat scalar metrics), `DIR/evaluation.json`, `DIR/report.md` and `DIR/plots/`.
+A bad path or a missing column prints one message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ehrlab.errors import UserInputError
+from ehrlab.serialization import write_json
+
+
+def read_long_table(path: Path, role: str) -> pd.DataFrame:
+    """Read one long table; codes are always strings (ICD codes like 0389 keep their zeros)."""
+    if not path.is_file():
+        raise UserInputError(f"--{role}: no such file {path}; pass a Parquet or CSV long table.")
+    try:
+        if path.suffix in (".parquet", ".pq"):
+            table = pd.read_parquet(path)
+            if "code" in table.columns:
+                table["code"] = table["code"].astype("str")
+            return table
+        return pd.read_csv(path, dtype={"code": "str"})
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"--{role}: cannot read {path} as {'Parquet' if path.suffix in ('.parquet', '.pq') else 'CSV'}: {error}") from error
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ehrlab.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, required=True, help="real training records")
+    parser.add_argument("--test", type=Path, required=True, help="real held-out records")
+    parser.add_argument("--synthetic", type=Path, required=True, help="synthetic records")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--n-bootstrap", type=int, default=100, help="bootstrap resamples for 95%% intervals")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--discriminator-epochs", type=int, default=5, help="LSTM discriminator epochs")
+    parser.add_argument(
+        "--discriminators", nargs="*", default=["lstm", "random_forest"], help="any of: lstm random_forest"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        tables = {role: read_long_table(getattr(args, role), role) for role in ("train", "test", "synthetic")}
+        from ehrlab.evaluation.synthetic import evaluate_synthetic
+
+        metrics = evaluate_synthetic(
+            tables["train"],
+            tables["test"],
+            tables["synthetic"],
+            args.out,
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+            discriminator_epochs=args.discriminator_epochs,
+            discriminators=tuple(args.discriminators),
+            progress=not args.no_progress,
+        )
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_json(args.out / "metrics.json", metrics)
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of final records (long tables, predictions, images), never of model internals."""

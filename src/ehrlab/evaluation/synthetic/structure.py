@@ -1,0 +1,146 @@
+"""Structure of a data set and of its code vocabulary (Appendix G.1, G.2, G.3–G.5, seed 002).
+
+Table 12 (G.1): patients, visits, visits/patient, codes/visit (unique codes per visit,
+averaged over visits), codes/patient (unique codes across a patient's record, averaged over
+patients), unique codes.
+
+Table 13 (G.2), synthetic against the real training vocabulary R and synthetic vocabulary S
+(a code is in a vocabulary when its prevalence there is > 0):
+- unique = |S|; coverage = |S ∩ R| / |R|; novel = |S ∖ R|; Jaccard = |S ∩ R| / |S ∪ R|
+- KL(P‖Q) and JS(P, Q) of the prevalence *distributions* P = p / Σp, Q = q / Σq over R ∪ S,
+  in nats (so 0 ≤ JS ≤ ln 2). Q is zero wherever a real code is never generated, which makes
+  KL infinite; we add ε = 1e-6 to every entry of both vectors before normalising
+  (additive smoothing; the paper does not say how it handles zeros). JS needs no smoothing
+  and gets none.
+- top-k overlap = |top-k(p) ∩ top-k(q)|, a count out of k (ties broken by code order).
+
+Table 14 (G.5): the patient-level co-occurrence matrix over the 50 most prevalent real codes,
+C_ij = fraction of patients having both code i and code j. Its diagonal is the prevalence,
+already measured above, so we compare the off-diagonal part only (the diagonal is set to 0):
+cosine similarity of the flattened matrices, and the Frobenius norm ‖C_real − C_syn‖_F.
+
+Chapter prevalence (G.4): fraction of patients with at least one code in each chapter.
+
+Every function takes optional patient weights (bootstrap resamples, see `bootstrap.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import sparse
+
+from ehrlab.evaluation.synthetic.prevalence import frequency_rank
+from ehrlab.evaluation.synthetic.records import PatientRecords
+
+KL_SMOOTHING = 1e-6
+TOP_K = (10, 50)
+
+
+def _ones(n: int, weights: np.ndarray | None) -> np.ndarray:
+    return np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+
+
+def dataset_statistics(records: PatientRecords, weights: np.ndarray | None = None) -> dict[str, float]:
+    """Table 12's row for one data set; `weights` counts each patient (bootstrap)."""
+    w = _ones(records.n_patients, weights)
+    visit_weight = w[records.visit_patient]
+    patients = w.sum()
+    visits = visit_weight.sum()
+    code_totals = records.patient_codes.T @ w
+    return {
+        "patients": float(patients),
+        "visits": float(visits),
+        "visits_per_patient": float(visits / patients),
+        "codes_per_visit": float(visit_weight @ records.codes_per_visit / visits),
+        "codes_per_patient": float(w @ records.codes_per_patient / patients),
+        "unique_codes": float(np.count_nonzero(code_totals)),
+    }
+
+
+def count_distribution(values: np.ndarray, weights: np.ndarray | None = None) -> dict[int, float]:
+    """Share of items with each count (e.g. visits per patient): {count: fraction}."""
+    counts = np.bincount(values, weights=weights)
+    shares = counts / counts.sum()
+    return {int(k): float(shares[k]) for k in np.flatnonzero(counts)}
+
+
+def vocabulary_overlap(real: np.ndarray, synthetic: np.ndarray, top_k=TOP_K) -> dict[str, float]:
+    """Table 13 for prevalence vectors over the same codes."""
+    in_real, in_synthetic = real > 0, synthetic > 0
+    shared = np.count_nonzero(in_real & in_synthetic)
+    union = np.count_nonzero(in_real | in_synthetic)
+    result = {
+        "unique_codes": float(np.count_nonzero(in_synthetic)),
+        "coverage": shared / np.count_nonzero(in_real) if in_real.any() else math.nan,
+        "novel_codes": float(np.count_nonzero(in_synthetic & ~in_real)),
+        "jaccard": shared / union if union else math.nan,
+        "kl": kl_divergence(real[in_real | in_synthetic], synthetic[in_real | in_synthetic]),
+        "js": js_divergence(real, synthetic),
+    }
+    for k in top_k:
+        result[f"top{k}_overlap"] = float(top_k_overlap(real, synthetic, k))
+    return result
+
+
+def kl_divergence(real: np.ndarray, synthetic: np.ndarray, smoothing: float = KL_SMOOTHING) -> float:
+    """KL(P‖Q) in nats of the smoothed, normalised prevalence vectors."""
+    p = real + smoothing
+    q = synthetic + smoothing
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+def js_divergence(real: np.ndarray, synthetic: np.ndarray) -> float:
+    """Jensen–Shannon divergence in nats of the normalised prevalence vectors (no smoothing)."""
+    if real.sum() == 0 or synthetic.sum() == 0:
+        return math.nan
+    p, q = real / real.sum(), synthetic / synthetic.sum()
+    m = (p + q) / 2
+
+    def kl_to_m(x: np.ndarray) -> float:
+        support = x > 0  # 0·log 0 = 0; m > 0 wherever x > 0
+        return float(np.sum(x[support] * np.log(x[support] / m[support])))
+
+    return 0.5 * kl_to_m(p) + 0.5 * kl_to_m(q)
+
+
+def top_codes(prevalence: np.ndarray, k: int) -> np.ndarray:
+    """Code ids of the k most prevalent codes (prevalence > 0; ties by code id)."""
+    return frequency_rank(prevalence, np.flatnonzero(prevalence > 0))[:k]
+
+
+def top_k_overlap(real: np.ndarray, synthetic: np.ndarray, k: int) -> int:
+    return len(np.intersect1d(top_codes(real, k), top_codes(synthetic, k)))
+
+
+def cooccurrence(patient_codes: sparse.spmatrix, codes: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(k, k) fraction of patients having both codes, diagonal set to 0 (pairs only)."""
+    # sparse product on purpose: a dense (k x n) @ (n x k) goes through multithreaded BLAS,
+    # which was 40x slower than this on a busy 2-core machine
+    columns = sparse.csc_matrix(patient_codes[:, codes], dtype=np.float64)
+    w = _ones(columns.shape[0], weights)
+    matrix = (columns.T @ sparse.diags(w) @ columns).toarray() / w.sum()
+    np.fill_diagonal(matrix, 0.0)
+    return matrix
+
+
+def cooccurrence_similarity(real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """Table 14: cosine similarity and Frobenius difference of two co-occurrence matrices."""
+    norms = np.linalg.norm(real) * np.linalg.norm(synthetic)
+    cosine = float(np.sum(real * synthetic) / norms) if norms > 0 else math.nan
+    return {"cosine": cosine, "frobenius": float(np.linalg.norm(real - synthetic))}
+
+
+def chapter_prevalence(
+    patient_codes: sparse.spmatrix, code_chapter: np.ndarray, n_chapters: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """(n_chapters,) fraction of patients with at least one code in each chapter."""
+    code_to_chapter = sparse.csr_matrix(
+        (np.ones(len(code_chapter)), (np.arange(len(code_chapter)), code_chapter)),
+        shape=(len(code_chapter), n_chapters),
+    )
+    has_chapter = (patient_codes @ code_to_chapter) > 0
+    w = _ones(patient_codes.shape[0], weights)
+    return np.asarray(has_chapter.T @ w).ravel() / w.sum()
