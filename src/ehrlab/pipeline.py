@@ -32,6 +32,7 @@ from ehrlab.data.datamodules import EHRDataModule
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
 from ehrlab.loggers import build_logger, finish, log_results
+from ehrlab.models.generative.base import Generator
 from ehrlab.serialization import write_json
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,8 @@ STAGES = ("prepare", "train", "generate", "evaluate", "all")
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the configured stage(s); returns the metrics written to metrics.json."""
-    stage = cfg.stage
-    if stage not in STAGES:
-        raise UserInputError(f"stage={stage} is not a stage; valid: {', '.join(STAGES)}.")
+    if cfg.stage not in STAGES:
+        raise UserInputError(f"stage={cfg.stage} is not a stage; valid: {', '.join(STAGES)}.")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -53,47 +53,65 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     task_data = prepare(cfg, run_dir)
     metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
-    if stage == "prepare":
-        write_metrics(run_dir, metrics)
-        print_summary(run_dir, metrics)
-        return metrics
-
-    datamodule = EHRDataModule(task_data, batch_size=cfg.loader.batch_size, num_workers=cfg.loader.num_workers,
-                               pin_memory=cfg.loader.pin_memory)
-    model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
-    is_generator = hasattr(model, "generate")
-    check_model_fits_task(cfg, is_generator, task_data, stage)
-    logger = build_logger(cfg, run_dir)
-    plots: list[Path] = []
-    try:
-        if stage in ("train", "all"):
-            trainer = train(cfg, model, datamodule, logger, run_dir)
-            best = trainer.checkpoint_callback.best_model_path or None
-            if best:
-                load_weights(model, best)
-        else:
-            trainer = build_trainer(cfg, model, logger, run_dir)
-            if cfg.ckpt_path:
-                load_weights(model, cfg.ckpt_path)
-            elif stage != "evaluate" or not is_generator:
-                raise UserInputError(f"stage={stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
-                                     "(a run directory's checkpoints/best.ckpt).")
-        if is_generator:
-            if stage in ("generate", "all") or (stage == "evaluate" and cfg.ckpt_path and not cfg.synthetic_path):
-                metrics |= generate(cfg, model, task_data, run_dir)
-            if stage in ("evaluate", "all"):
-                metrics_eval, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
-                metrics |= metrics_eval
-        elif stage in ("train", "evaluate", "all"):
-            metrics |= evaluate_risk(trainer, model, datamodule, run_dir)
-            if stage in ("evaluate", "all"):
-                # Analyses may plot patient-level points (a t-SNE): they stay in the run directory.
-                metrics |= model.write_analyses(datamodule, run_dir)
-        write_metrics(run_dir, metrics)
-        log_results(logger, metrics, plots)
-    finally:
-        finish(logger)
+    if cfg.stage != "prepare":
+        datamodule = EHRDataModule(task_data, batch_size=cfg.loader.batch_size, num_workers=cfg.loader.num_workers,
+                                   pin_memory=cfg.loader.pin_memory)
+        model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
+        check_model_fits_task(cfg, model, task_data)
+        logger = build_logger(cfg, run_dir)
+        try:
+            trainer = train_or_load(cfg, model, datamodule, logger, run_dir)
+            if isinstance(model, Generator):
+                stage_metrics, plots = generator_stages(cfg, model, task_data, run_dir)
+            else:
+                stage_metrics, plots = risk_stages(cfg, trainer, model, datamodule, run_dir), []
+            metrics |= stage_metrics
+            log_results(logger, metrics, plots)
+        finally:
+            finish(logger)
+    write_metrics(run_dir, metrics)
     print_summary(run_dir, metrics)
+    return metrics
+
+
+def train_or_load(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
+    """Train (stage train/all, resuming from ckpt_path if given) and keep the best weights,
+    or load the weights of ckpt_path for the later stages."""
+    trainer = build_trainer(cfg, model, logger, run_dir)
+    if cfg.stage in ("train", "all"):
+        if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+            raise UserInputError(f"ckpt_path={cfg.ckpt_path} does not exist.")
+        # Checkpoints hold the model's hyperparameters (optimiser partials included), which
+        # torch's weights-only unpickler refuses; ckpt_path is the user's own file.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=False)
+        if trainer.checkpoint_callback.best_model_path:
+            load_weights(model, trainer.checkpoint_callback.best_model_path)
+    elif cfg.ckpt_path:
+        load_weights(model, cfg.ckpt_path)
+    elif not (cfg.stage == "evaluate" and isinstance(model, Generator)):
+        raise UserInputError(f"stage={cfg.stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
+                             "(a run directory's checkpoints/best.ckpt).")
+    return trainer
+
+
+def generator_stages(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
+    """generate (stage generate/all, or evaluate of a checkpoint) then evaluate (evaluate/all)."""
+    metrics, plots = {}, []
+    if cfg.stage in ("generate", "all") or (cfg.stage == "evaluate" and cfg.ckpt_path and not cfg.synthetic_path):
+        metrics |= generate(cfg, model, task_data, run_dir)
+    if cfg.stage in ("evaluate", "all"):
+        evaluation, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
+        metrics |= evaluation
+    return metrics, plots
+
+
+def risk_stages(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict[str, float]:
+    """Test metrics and predictions (every stage past prepare), then the model's analyses
+    (evaluate/all). Analyses may plot patient-level points (a t-SNE): they stay in the run
+    directory and are not sent to the logger."""
+    metrics = evaluate_risk(trainer, model, datamodule, run_dir)
+    if cfg.stage in ("evaluate", "all"):
+        metrics |= model.write_analyses(datamodule, run_dir)
     return metrics
 
 
@@ -116,13 +134,14 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
     return task_data
 
 
-def check_model_fits_task(cfg: DictConfig, is_generator: bool, task_data: TaskData, stage: str) -> None:
-    model_name = cfg.model._target_.rsplit(".", 1)[-1]
+def check_model_fits_task(cfg: DictConfig, model: pl.LightningModule, task_data: TaskData) -> None:
+    model_name = type(model).__name__
+    is_generator = isinstance(model, Generator)
     if is_generator and task_data.kind != "generation":
         raise UserInputError(f"{model_name} is a generator: use task=generation (got a {task_data.kind} task).")
     if not is_generator and task_data.kind != "risk":
         raise UserInputError(f"{model_name} is a risk predictor: use a risk task such as task=heart_failure.")
-    if not is_generator and stage == "generate":
+    if not is_generator and cfg.stage == "generate":
         raise UserInputError(f"stage=generate needs a generator model (model=halo, model=gpt); {model_name} "
                              "predicts risk: use stage=train, evaluate or all.")
     for split, sequences in task_data.splits.items():
@@ -145,16 +164,6 @@ def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: P
         callbacks.append(EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=patience))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
                        default_root_dir=str(run_dir))
-
-
-def train(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
-    trainer = build_trainer(cfg, model, logger, run_dir)
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise UserInputError(f"ckpt_path={cfg.ckpt_path} does not exist.")
-    # Checkpoints hold the model's hyperparameters (optimiser partials included), which
-    # torch's weights-only unpickler refuses; ckpt_path is the user's own file.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=False)
-    return trainer
 
 
 def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
