@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 
 STAGES = ("prepare", "train", "generate", "evaluate", "all")
+HEADLINE_PREFIXES = ("data/n_", "data/visits_per_patient", "data/codes_per_visit", "data/planted_ceiling/", "test/",
+                     "eval/", "synthetic/")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -230,7 +232,7 @@ def flat_numbers(stats: dict, prefix: str = "") -> dict[str, float]:
 def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
     """The headline metrics on stdout; everything is in metrics.json."""
     headline = {k: v for k, v in metrics.items()
-                if k.startswith(("test/", "eval/", "synthetic/", "data/planted_ceiling/")) and "_ci_" not in k}
+                if k.startswith(HEADLINE_PREFIXES) and "_ci_" not in k}
     width = max(map(len, headline), default=0)
     lines = [f"  {key:<{width}}  {value:10.4f}" for key, value in sorted(headline.items())]
     print("\n".join([f"ehrlab: run directory {run_dir}", *lines, f"  (all metrics: {run_dir / 'metrics.json'})"]))
