@@ -201,3 +201,19 @@ def test_generator_checkpoint_generates_the_same_records(generator_run, make_con
     first = pd.read_parquet(run_dir / "synthetic.parquet")
     again = pd.read_parquet(tmp_path / "again" / "synthetic.parquet")
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):
+    """trainer=ddp as on a multi-GPU node, with two CPU processes (gloo): one set of files,
+    predictions for the whole test split, metrics gathered from both ranks."""
+    run_dir = tmp_path / "ddp"
+    result = run_cli("run.py", *SHRINK, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.precision=32-true", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
+                     env_extra={"EHRLAB_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ehrlab: run directory") == 1  # only the first rank reports
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    predictions = pd.read_parquet(run_dir / "predictions.parquet")
+    assert predictions["subject_id"].nunique() == len(predictions) == stats["split_patients"]["test"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert all(key in metrics for key in RISK_METRICS)

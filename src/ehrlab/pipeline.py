@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from ehrlab.data.cache import default_cache_dir, load_canonical
+from ehrlab.data.cache import default_cache_dir, load_canonical, staged_folder
 from ehrlab.data.datamodules import EHRDataModule
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
@@ -64,10 +64,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         try:
             trainer = train_or_load(cfg, model, datamodule, logger, run_dir)
             if isinstance(model, Generator):
-                stage_metrics, plots = generator_stages(cfg, model, task_data, run_dir)
+                # Under DDP every rank gets here; one generates and evaluates.
+                stage_metrics, plots = generator_stages(cfg, model, task_data, run_dir) \
+                    if trainer.is_global_zero else ({}, [])
             else:
                 stage_metrics, plots = risk_stages(cfg, trainer, model, datamodule, run_dir), []
             metrics |= stage_metrics
+            if not trainer.is_global_zero:
+                return metrics
             log_results(logger, metrics, plots)
         finally:
             finish(logger)
@@ -112,7 +116,7 @@ def risk_stages(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, run_dir
     (evaluate/all). Analyses may plot patient-level points (a t-SNE): they stay in the run
     directory and are not sent to the logger."""
     metrics = evaluate_risk(trainer, model, datamodule, run_dir)
-    if cfg.stage in ("evaluate", "all"):
+    if cfg.stage in ("evaluate", "all") and trainer.is_global_zero:
         metrics |= model.write_analyses(datamodule, run_dir)
     return metrics
 
@@ -130,7 +134,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
         tables = load_canonical(source, cache_dir)
         planted = source.planted_risk() if hasattr(source, "planted_risk") else None
         task_data = task.build(tables, seed=cfg.seed, planted_risk=planted)
-        task_data.save(task_folder)
+        with staged_folder(task_folder) as staging:
+            task_data.save(staging)
     write_json(run_dir / "data_stats.json", task_data.stats)
     log.info("prepared %s: %s", task.name, {k: v for k, v in task_data.stats.items() if not isinstance(v, dict)})
     return task_data
@@ -177,12 +182,18 @@ def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
 
 
 def evaluate_risk(trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict[str, float]:
-    """Test metrics at the loaded (best-validation) weights and the test predictions."""
+    """Test metrics at the loaded (best-validation) weights (every rank takes part under
+    DDP; the model gathers the predictions) and, on the first rank, the test predictions."""
     results = trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()} if results else {}
-    predictions = trainer.predict(model, dataloaders=datamodule.test_dataloader())
-    if predictions:
-        frame = pd.DataFrame({k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in predictions[0]})
+    if trainer.is_global_zero:
+        # In this process rather than trainer.predict, which under DDP would give each
+        # rank only its shard of the test split.
+        model.eval()
+        with torch.no_grad():
+            outputs = [model.predict_step({k: v.to(model.device) for k, v in batch.items()}, index)
+                       for index, batch in enumerate(datamodule.test_dataloader())]
+        frame = pd.DataFrame({k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]})
         frame.to_parquet(run_dir / "predictions.parquet", index=False)
     return metrics
 

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -39,15 +40,28 @@ def load_canonical(source: Source, cache_dir: str | Path | None = None) -> Canon
         )
     log.info("reading %s source; caching canonical tables in %s", source.name, folder)
     tables = source.read()
+    with staged_folder(folder) as staging:
+        tables.events.to_parquet(staging / "events.parquet", index=False)
+        tables.static.to_parquet(staging / "static.parquet", index=False)
+        if tables.splits is not None:
+            tables.splits.to_parquet(staging / "splits.parquet", index=False)
+        (staging / "counts.json").write_text(json.dumps(tables.counts, indent=2))
+    return tables
+
+
+@contextmanager
+def staged_folder(folder: Path):
+    """Write into a temporary sibling of `folder`, then rename it into place; if another
+    process (a parallel sweep job, another DDP rank) got there first, keep theirs: it holds
+    the same content, keyed by the same inputs."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    tables.events.to_parquet(staging / "events.parquet", index=False)
-    tables.static.to_parquet(staging / "static.parquet", index=False)
-    if tables.splits is not None:
-        tables.splits.to_parquet(staging / "splits.parquet", index=False)
-    (staging / "counts.json").write_text(json.dumps(tables.counts, indent=2))
     try:
-        staging.rename(folder)
-    except OSError:  # another job cached the same key first: theirs is identical
+        yield staging
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.exists():
+                raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return tables

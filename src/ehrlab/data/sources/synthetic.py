@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from ehrlab.data import synthetic
-from ehrlab.data.cache import default_cache_dir
+from ehrlab.data.cache import default_cache_dir, staged_folder
 from ehrlab.data.sources.base import CanonicalTables, Source
 from ehrlab.data.sources.mimic3 import MIMIC3Source
 
@@ -42,13 +40,8 @@ class SyntheticSource(Source):
         """The generated MIMIC-III folder (written on first use)."""
         folder = self.cache_dir / "synthetic-mimic3" / self.cache_key()
         if not (folder / "DIAGNOSES_ICD.csv.gz").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-            synthetic.write_synthetic_mimic3(staging, self.config)
-            try:
-                staging.rename(folder)
-            except OSError:  # a parallel job wrote the same folder first
-                shutil.rmtree(staging, ignore_errors=True)
+            with staged_folder(folder) as staging:
+                synthetic.write_synthetic_mimic3(staging, self.config)
         return folder
 
     def read(self) -> CanonicalTables:

@@ -88,7 +88,7 @@ class Generator(EHRModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):

@@ -187,7 +187,8 @@ class RiskPredictor(EHRModule):
     def _evaluation_step(self, split: str, batch: Batch) -> None:
         logits = self(batch)
         labels = batch["label"]
-        self.log(f"{split}/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=labels.shape[0])
+        self.log(f"{split}/loss", F.cross_entropy(logits, labels), on_epoch=True, batch_size=labels.shape[0],
+                 sync_dist=True)
         self._epoch_outputs[split].append((logits.softmax(dim=-1)[:, 1].detach(), labels.detach()))
 
     def _log_epoch_metrics(self, split: str) -> None:
@@ -203,6 +204,7 @@ class RiskPredictor(EHRModule):
             labels = self.all_gather(labels).reshape(-1)
         metrics = binary_classification_metrics(labels.cpu().numpy(), probabilities.float().cpu().numpy())
         for name in METRIC_NAMES:
-            self.log(f"{split}/{name}", 100.0 * metrics[name], prog_bar=name == "f1")
+            # Computed from every rank's gathered predictions: identical on all ranks.
+            self.log(f"{split}/{name}", 100.0 * metrics[name], prog_bar=name == "f1", sync_dist=True)
         outputs.clear()
 
