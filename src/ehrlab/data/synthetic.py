@@ -93,7 +93,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import yaml
 
+from ehrlab.data.codes import normalize_icd9_diagnosis
+from ehrlab.data.schema import diagnosis_code
 from ehrlab.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -1062,22 +1065,16 @@ def read_planted_risk(out_dir: Path) -> pd.DataFrame:
 
 
 def cohort_code_mask(codes: pd.Series, cohort: str) -> pd.Series:
-    """Which undotted ICD-9 codes belong to a cohort's definition (the brief's code lists)."""
-    codes = codes.astype("str")
-    if cohort == "heart_failure":
-        return codes.isin(["39891", "40201", "40211", "40291", "40401", "40403", "40411",
-                           "40413", "40491", "40493"]) | codes.str.startswith("428")
-    if cohort == "copd":
-        return codes.isin(["490", "4910", "4911", "49120", "49121", "49122", "4918", "4919",
-                           "4920", "4928", "496"]) | codes.str.startswith("494")
-    if cohort == "ckd":
-        return codes.isin(["5851", "5852", "5853", "5854", "5855", "5856", "5859", "40301",
-                           "40311", "40391", "40402", "40403", "40412", "40413", "40492",
-                           "40493"])
-    if cohort == "dementia":
-        return (codes.str.match(r"^290[0-4]") | codes.str.startswith("2941")
-                | codes.str.startswith("3311") | codes.isin(["3310", "3312", "33182"]))
-    raise UserInputError(f"unknown cohort {cohort!r}: choose one of {list(COHORTS)}.")
+    """Which undotted ICD-9 codes (MIMIC's form) fall in a cohort's definition: the
+    ICD-9 list of conf/task/<cohort>.yaml, matched as the risk task matches it."""
+    from ehrlab.config import CONFIG_DIR
+    from ehrlab.data.tasks.risk import TargetCodes
+
+    if cohort not in COHORTS:
+        raise UserInputError(f"unknown cohort {cohort!r}: choose one of {list(COHORTS)}.")
+    definition = yaml.safe_load((CONFIG_DIR / "task" / f"{cohort}.yaml").read_text())["target_codes"]
+    canonical = diagnosis_code(9, "") + normalize_icd9_diagnosis(codes.astype("str"))
+    return pd.Series(TargetCodes(icd9=definition["icd9"]).matches(canonical), index=codes.index)
 
 
 def dataset_statistics(tables: SyntheticTables) -> dict:
