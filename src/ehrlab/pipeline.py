@@ -10,7 +10,7 @@ everything a run produces goes to its run directory:
     predictions.parquet  risk models: test-split probabilities
     synthetic.parquet    generators: the synthetic records (and synthetic.csv)
     evaluation/          generators: report.md, evaluation.json and plots of the evaluation
-    plots/ ...           model analyses
+    *.md, *.png          a model's own analyses (MedDiffusion: synthetic_codes.md, a t-SNE)
 """
 
 from __future__ import annotations
