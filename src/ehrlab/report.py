@@ -91,8 +91,12 @@ def heatmaps(summary: pd.DataFrame, group_keys: list[str], out_dir: Path) -> lis
         ax.set_yticks(range(grid.shape[0]), grid.index)
         ax.set_xlabel(col_key)
         ax.set_ylabel(row_key)
-        for (i, j), value in pd.DataFrame(grid.to_numpy()).stack().items():
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
+        values = grid.to_numpy(dtype=float)
+        middle = (pd.Series(values.ravel()).min() + pd.Series(values.ravel()).max()) / 2
+        for (i, j), value in pd.DataFrame(values).stack().items():
+            # dark text on the bright end of viridis, light text on the dark end
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > middle else "white")
         fig.colorbar(image, ax=ax, label=metric)
         ax.set_title(f"{metric} (mean over seeds)")
         fig.tight_layout()
