@@ -123,15 +123,6 @@ def real_table(records: list[list[list[int]]]) -> pd.DataFrame:
 KINDS = ["halo", "gpt"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=KINDS)
 def fitted(request) -> tuple[str, Generator, list[dict[str, torch.Tensor]]]:
     """A model of each kind briefly trained on planted data with a real Trainer."""

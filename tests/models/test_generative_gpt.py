@@ -19,14 +19,6 @@ VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//401.9", "DIAGNOSIS//ICD//9//428.0", "
               "PROCEDURE//ICD//9//39.95"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_gpt(**kwargs) -> GPTBaseline:
     settings = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32, "max_generation_length": 16}
     return GPTBaseline(VOCABULARY, **{**settings, **kwargs})

@@ -12,14 +12,6 @@ from ehrlab.models.generative.halo import HALO, CoarseTransformer, FineAutoregre
 VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//401.9", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//250.00"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_halo(**kwargs) -> HALO:
     return HALO(VOCABULARY, **{"n_layer": 1, "n_embd": 8, "n_head": 2, "n_ctx": 6, "n_positions": 6, **kwargs})
 

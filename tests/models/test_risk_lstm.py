@@ -16,16 +16,6 @@ VOCABULARY = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(1, 30)]
 SMALL = ["model.backbone.visit_dim=16", "model.backbone.hidden_dim=16", "model.backbone.time_dim=8", "model.backbone.dropout=0.0"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine OpenMP
-    barriers between two threads make every op ~1000× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0, vocab_size=len(VOCABULARY)):
     """A batch in the DataModule contract: left-aligned visits, id 0 padding."""
     generator = torch.Generator().manual_seed(seed)

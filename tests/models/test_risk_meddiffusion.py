@@ -31,16 +31,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine OpenMP
-    barriers between two threads make every op ~1000× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
     visit_counts = torch.randint(1, n_visits + 1, (n_patients,), generator=generator)
