@@ -31,7 +31,7 @@ def trained_run(tmp_path_factory, cache_dir):
 
 def test_stage_all_writes_everything(trained_run):
     run_dir, metrics = trained_run
-    for name in ("config.yaml", "data_stats.json", "metrics.json", "predictions.parquet",
+    for name in ("config.yaml", "data_stats.json", "metrics.json", "predictions.parquet", "pr_roc_curves.png",
                  "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run_dir / name).is_file(), name
     written = json.loads((run_dir / "metrics.json").read_text())
@@ -103,6 +103,8 @@ def test_wandb_offline_run_holds_the_logged_metrics(make_config, tmp_path):
     assert len(runs) == 1
     logged = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
     assert b"final/test/pr_auc" in logged and b"val/f1" in logged
+    assert list(runs[0].rglob("pr_roc_curves*.png"))  # the aggregate curves, as an image
+    assert not list(runs[0].rglob("tsne*"))  # patient-level points stay in the run directory
     # Patient-level records never reach the logger: no subject id of the test split appears.
     predictions = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     assert b'"subject_id"' not in logged and b"probability" not in logged

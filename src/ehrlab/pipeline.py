@@ -7,7 +7,7 @@ everything a run produces goes to its run directory:
     data_stats.json      statistics of the prepared data (Table 1 of seed 000 / 12 of seed 002)
     checkpoints/         best.ckpt (on the model's own monitored metric) and last.ckpt
     metrics.json         flat JSON of every final metric
-    predictions.parquet  risk models: test-split probabilities
+    predictions.parquet  risk models: test-split probabilities (and pr_roc_curves.png)
     synthetic.parquet    generators: the synthetic records (and synthetic.csv)
     evaluation/          generators: report.md, evaluation.json and plots of the evaluation
     *.md, *.png          a model's own analyses (MedDiffusion: synthetic_codes.md, a t-SNE)
@@ -31,6 +31,7 @@ from ehrlab.data.cache import default_cache_dir, load_canonical, staged_folder
 from ehrlab.data.datamodules import EHRDataModule
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
+from ehrlab.evaluation.prediction import plot_pr_and_roc_curves
 from ehrlab.loggers import build_logger, finish, log_results
 from ehrlab.models.generative.base import Generator
 from ehrlab.serialization import write_json
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 stage_metrics, plots = generator_stages(cfg, model, task_data, run_dir) \
                     if trainer.is_global_zero else ({}, [])
             else:
-                stage_metrics, plots = risk_stages(cfg, trainer, model, datamodule, run_dir), []
+                stage_metrics, plots = risk_stages(cfg, trainer, model, datamodule, run_dir)
             metrics |= stage_metrics
             if not trainer.is_global_zero:
                 return metrics
@@ -111,14 +112,21 @@ def generator_stages(cfg: DictConfig, model, task_data: TaskData, run_dir: Path)
     return metrics, plots
 
 
-def risk_stages(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict[str, float]:
-    """Test metrics and predictions (every stage past prepare), then the model's analyses
-    (evaluate/all). Analyses may plot patient-level points (a t-SNE): they stay in the run
-    directory and are not sent to the logger."""
+def risk_stages(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, run_dir: Path) -> tuple[dict, list[Path]]:
+    """Test metrics, predictions and their PR/ROC curves (every stage past prepare), then
+    the model's analyses (evaluate/all). Analyses may plot patient-level points (a t-SNE):
+    they stay in the run directory; only the aggregate curves go to the logger."""
     metrics = evaluate_risk(trainer, model, datamodule, run_dir)
-    if cfg.stage in ("evaluate", "all") and trainer.is_global_zero:
-        metrics |= model.write_analyses(datamodule, run_dir)
-    return metrics
+    plots = []
+    if trainer.is_global_zero:
+        predictions = pd.read_parquet(run_dir / "predictions.parquet")
+        curves = run_dir / "pr_roc_curves.png"
+        if plot_pr_and_roc_curves(predictions["label"], predictions["probability"], curves,
+                                  title=f"{type(model).__name__}, test split"):
+            plots.append(curves)
+        if cfg.stage in ("evaluate", "all"):
+            metrics |= model.write_analyses(datamodule, run_dir)
+    return metrics, plots
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:

@@ -77,3 +77,14 @@ def test_rejects_mismatched_or_non_binary_inputs():
         binary_classification_metrics(np.array([0, 1]), np.array([0.5]))
     with pytest.raises(ValueError, match="0 or 1"):
         binary_classification_metrics(np.array([0, 2]), np.array([0.5, 0.5]))
+
+
+def test_pr_and_roc_curve_plot(tmp_path):
+    from ehrlab.evaluation.prediction import plot_pr_and_roc_curves
+
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    probabilities = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    assert plot_pr_and_roc_curves(labels, probabilities, tmp_path / "curves.png", title="test")
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    assert not plot_pr_and_roc_curves(np.ones(4), np.full(4, 0.5), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
