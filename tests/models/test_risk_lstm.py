@@ -1,48 +1,24 @@
 """The risk family base (RiskPredictor) and the LSTM backbone (seed 000, Eq. 3.1–3.4, 3.13)."""
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from risk_batches import compose_risk_model, random_risk_batch
 
 from ehrlab.models.risk.base import RiskPredictor, last_visit
 from ehrlab.models.risk.lstm import LSTMBackbone
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 VOCABULARY = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(1, 30)]
 SMALL = ["model.backbone.visit_dim=16", "model.backbone.hidden_dim=16", "model.backbone.time_dim=8", "model.backbone.dropout=0.0"]
 
 
 def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0, vocab_size=len(VOCABULARY)):
-    """A batch in the DataModule contract: left-aligned visits, id 0 padding."""
-    generator = torch.Generator().manual_seed(seed)
-    visit_counts = torch.randint(1, n_visits + 1, (n_patients,), generator=generator)
-    visit_counts[0] = n_visits  # at least one patient fills the batch
-    visit_mask = torch.arange(n_visits)[None] < visit_counts[:, None]
-    codes = torch.randint(1, vocab_size, (n_patients, n_visits, n_codes), generator=generator)
-    codes[:, :, -1] = 0  # the last slot of every visit is padding
-    codes = codes * visit_mask[..., None]
-    time_to_end = (torch.rand(n_patients, n_visits, generator=generator) * 400) * visit_mask
-    return {
-        "codes": codes,
-        "visit_mask": visit_mask,
-        "n_visits": visit_counts,
-        "time_delta": time_to_end.clone(),
-        "time_to_end": time_to_end,
-        "age": torch.full((n_patients,), 70.0),
-        "gender": torch.zeros(n_patients, dtype=torch.long),
-        "subject_id": torch.arange(n_patients),
-        "label": torch.randint(0, 2, (n_patients,), generator=generator),
-    }
+    """A batch in the DataModule contract; every visit's last code slot is padding."""
+    return random_risk_batch(vocab_size, n_patients, n_visits, n_codes, seed, pad_last_code=True)
 
 
 def compose_model(name, overrides=()):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
-    return instantiate(cfg.model, vocabulary=VOCABULARY)
+    return compose_risk_model(name, VOCABULARY, overrides)
 
 
 def pad_more(batch, extra_visits=2, extra_codes=2):

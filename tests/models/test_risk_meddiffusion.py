@@ -2,21 +2,22 @@
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from risk_batches import compose_risk_model, random_risk_batch
 from torch import nn
 
 from ehrlab.models.risk.base import RiskBackbone
 from ehrlab.models.risk.denoiser import ConvDenoiser, UNet1dDenoiser
-from ehrlab.models.risk.diffusion import DiffusionAugmentation, NoiseSchedule, StepwiseAttention
+from ehrlab.models.risk.diffusion import (
+    DiffusionAugmentation,
+    NoiseSchedule,
+    StepwiseAttention,
+)
 from ehrlab.models.risk.meddiffusion import MedDiffusion, synthetic_code_table
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//50912//mg/dL"] + [
     f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(250, 276)
 ]
@@ -32,30 +33,11 @@ SMALL = [
 
 
 def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    visit_counts = torch.randint(1, n_visits + 1, (n_patients,), generator=generator)
-    visit_counts[0] = n_visits
-    visit_mask = torch.arange(n_visits)[None] < visit_counts[:, None]
-    codes = torch.randint(1, len(VOCABULARY), (n_patients, n_visits, n_codes), generator=generator)
-    codes = codes * visit_mask[..., None]
-    time_to_end = torch.rand(n_patients, n_visits, generator=generator) * 400 * visit_mask
-    return {
-        "codes": codes,
-        "visit_mask": visit_mask,
-        "n_visits": visit_counts,
-        "time_delta": time_to_end.clone(),
-        "time_to_end": time_to_end,
-        "age": torch.full((n_patients,), 70.0),
-        "gender": torch.zeros(n_patients, dtype=torch.long),
-        "subject_id": torch.arange(n_patients),
-        "label": torch.arange(n_patients) % 2,
-    }
+    return random_risk_batch(len(VOCABULARY), n_patients, n_visits, n_codes, seed, alternate_labels=True)
 
 
 def compose_model(name="meddiffusion", overrides=()):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
-    return instantiate(cfg.model, vocabulary=VOCABULARY)
+    return compose_risk_model(name, VOCABULARY, overrides)
 
 
 def seeded(seed=0):

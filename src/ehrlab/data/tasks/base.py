@@ -122,7 +122,8 @@ def visit_rank(rows: pd.DataFrame, from_end: bool = False) -> pd.Series:
 
 
 def encode_codes(rows: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
-    """Vocabulary (sorted codes after the padding entry) and rows with a `code_id` column."""
+    """Vocabulary (sorted codes after the padding entry), and the rows with a `code_id` and a
+    `visit_day` (days since the patient's first visit) column: what `build_sequences` packs."""
     codes = np.sort(rows["code"].unique())
     vocabulary = [PAD_CODE, *codes.tolist()]
     code_id = np.searchsorted(codes, rows["code"].to_numpy()) + 1

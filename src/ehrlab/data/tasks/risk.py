@@ -89,24 +89,17 @@ class RiskTask(Task):
         if unknown:
             raise UserInputError(f"task.match_on: unknown {sorted(unknown)}; valid: gender, age_band")
         self.target_codes = {k: list(v) for k, v in dict(target_codes).items()}
-        self.targets = TargetCodes(**self.target_codes)
+        TargetCodes(**self.target_codes)  # a bad or empty list fails here, before any data is read
         self.min_history_visits = min_history_visits
         self.gap_days = gap_days
         self.controls_per_case = controls_per_case
         self.match_on = list(match_on)
         self.age_band_years = age_band_years
 
-    def cache_key(self, source_key: str, seed: int) -> str:
-        self_targets, self.targets = self.targets, None  # derived from target_codes
-        try:
-            return super().cache_key(source_key, seed)
-        finally:
-            self.targets = self_targets
-
     def build(self, tables: CanonicalTables, seed: int, planted_risk: pd.DataFrame | None = None) -> TaskData:
         dropped: dict[str, int] = {}
         rows = visit_codes(tables, self.code_prefixes + (DIAGNOSIS_PREFIX,))
-        onset = rows.loc[self.targets.matches(rows["code"])].groupby("subject_id")["visit_time"].min()
+        onset = rows.loc[TargetCodes(**self.target_codes).matches(rows["code"])].groupby("subject_id")["visit_time"].min()
         rows = rows.loc[rows["code"].str.startswith(self.code_prefixes)]
         is_case = rows["subject_id"].isin(onset.index).to_numpy()
         last_visit = rows.loc[~is_case].groupby("subject_id")["visit_time"].max()
