@@ -37,6 +37,12 @@ STATIC_DTYPES = {
 # evaluation reads (one row per code occurrence; `time` optional).
 LONG_COLUMNS = ["subject_id", "visit_id", "code"]
 
+# Special entries of every code vocabulary: id 0 pads visits and codes; id 1 stands for a
+# code that the training split never shows (seed 002 F.4: the vocabulary is built from the
+# training split only).
+PAD_CODE = "[PAD]"
+UNKNOWN_CODE = "[UNK]"
+
 DIAGNOSIS_PREFIX = "DIAGNOSIS//ICD//"
 PROCEDURE_PREFIX = "PROCEDURE//ICD//"
 MEDICATION_PREFIX = "MEDICATION//"

@@ -17,9 +17,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ehrlab.data.schema import PAD_CODE
 from ehrlab.errors import UserInputError
-
-PAD_CODE = "[PAD]"
 
 
 class EHRModule(pl.LightningModule):

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ehrlab.data.schema import PAD_CODE
 from ehrlab.data.sequences import PatientSequences
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.errors import UserInputError
-from ehrlab.models.base import PAD_CODE
 
 SPLITS = ("train", "val", "test")
 # MEDS split names -> ehrlab's
