@@ -25,7 +25,7 @@ SHRINK = [
     f"data.source.n_patients={SMALL_SYNTHETIC}",
     "trainer=debug",
     "logger=none",
-    "loader.batch_size=32",
+    "data.batch_size=32",
 ]
 
 

@@ -57,8 +57,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     task_data = prepare(cfg, run_dir)
     metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
     if cfg.stage != "prepare":
-        datamodule = EHRDataModule(task_data, batch_size=cfg.loader.batch_size, num_workers=cfg.loader.num_workers,
-                                   pin_memory=cfg.loader.pin_memory)
+        datamodule = EHRDataModule(task_data, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                   pin_memory=cfg.data.pin_memory)
         model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
         check_model_fits_task(cfg, model, task_data)
         logger = build_logger(cfg, run_dir)

@@ -101,13 +101,12 @@ class GPTBaseline(Generator):
         dropout: float = 0.1,
         warmup_ratio: float = 0.05,
         gradient_clip_val: float | None = 1.0,
-        batch_size: int | None = None,
         optimizer: Any = None,
         scheduler: Any = None,
     ):
         """``scheduler`` is a partial called as ``scheduler(optimizer, num_warmup_steps=...,
-        num_training_steps=...)`` and stepped every batch; ``batch_size`` records the training
-        batch the configuration was tuned with (F.5: 64) for the runner to apply."""
+        num_training_steps=...)`` and stepped every batch. The training batch (F.5: 64) is
+        ``data.batch_size``, which conf/model/gpt.yaml sets."""
         super().__init__(vocabulary, optimizer=optimizer)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
         if not 2 <= max_generation_length <= n_positions:

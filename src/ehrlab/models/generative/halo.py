@@ -185,12 +185,11 @@ class HALO(Generator):
         dropout: float = 0.1,
         layer_norm_epsilon: float = 1e-5,
         initializer_range: float = 0.02,
-        batch_size: int | None = None,
         optimizer: Any = None,
     ):
         """``n_ctx`` rows at most per patient (start, label row if any, visits); ``n_positions``
-        rows in the position table (F.4: 48 and 56). ``batch_size`` records the training batch
-        the configuration was tuned with (F.4: 48) for the runner to apply to the DataModule.
+        rows in the position table (F.4: 48 and 56). The training batch (F.4: 48) is
+        ``data.batch_size``, which conf/model/halo.yaml sets.
         """
         super().__init__(vocabulary, optimizer=optimizer)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
