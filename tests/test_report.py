@@ -1,25 +1,46 @@
-"""`python -m ehrlab.report`: mean ± std over seeds, and heatmaps for a 2-D grid, on
-hand-made job directories (no training)."""
+"""`python -m ehrlab.report`: mean ± std over seeds with n per cell, heatmaps for a 2-D grid,
+and every job that is not in the table (failed, incomplete, unreadable, missing), on
+hand-made job directories that follow the runner's job-status contract (no training)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pandas as pd
 import pytest
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 from ehrlab.errors import UserInputError
-from ehrlab.report import report
+from ehrlab.report import expected_overrides, main, report
 
 GRID = [0.1, 0.5]
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def write_job(root, number, overrides, metrics):
-    job = root / f"{number}_meddiffusion_synthetic_heart_failure"
+def write_job(root, number, overrides, metrics=None, status=None, model="meddiffusion", **status_fields):
+    """A job directory as the runner leaves it: Hydra's overrides, status.json unless `status`
+    is None (a job from before the contract), metrics.json when `metrics` is given."""
+    job = root / f"{number}_{model}_synthetic_heart_failure"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / "metrics.json").write_text(json.dumps(metrics))
+    if status is not None:
+        record = {"status": status, "stage": "all", "started": "2026-11-27T17:40:00",
+                  "ended": None if status == "running" else "2026-11-27T17:42:10", "error": None, "error_type": None}
+        (job / "status.json").write_text(json.dumps(record | status_fields))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
+
+
+def write_multirun_yaml(root, params, task_overrides, sweeper=BASIC_SWEEPER):
+    """The part of Hydra's multirun.yaml the report reads (same layout as Hydra 1.3 writes)."""
+    config = {"hydra": {"sweeper": {"_target_": sweeper, "max_batch_size": None, "params": params},
+                        "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": task_overrides}},
+              "seed": 0}
+    (root / "multirun.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 @pytest.fixture
@@ -33,7 +54,8 @@ def lambda_grid(tmp_path):
                 write_job(tmp_path, number,
                           [f"model.lambda_synthetic={lambda_s}", f"model.lambda_diffusion={lambda_d}",
                            f"seed={seed}", "model=meddiffusion"],
-                          {"test/pr_auc": value, "test/f1": 50.0, "test/kappa": 20.0 + seed, "data/n_patients": 9})
+                          {"test/pr_auc": value, "test/f1": 50.0, "test/kappa": 20.0 + seed, "data/n_patients": 9},
+                          status="completed")
                 number += 1
     return tmp_path
 
@@ -47,7 +69,8 @@ def test_grid_summary_and_heatmaps(lambda_grid):
     assert pr_auc.loc[(0.5, 0.1), "mean"] == pytest.approx(50 + 1 + 0.5)
     assert pr_auc.loc[(0.5, 0.1), "std"] == pytest.approx(0.7071, abs=1e-4)  # sample std of {x, x+1}
     assert "data/n_patients" not in set(summary["metric"])  # only result metrics by default
-    assert "51.50 ± 0.71" in text and "mean ± std over 2 seed(s)" in text
+    assert "51.50 ± 0.71 (n = 2)" in text and "over the n = 2 completed jobs (seeds) of each cell" in text
+    assert "8 job directories: 8 completed." in text and "Jobs not in the table" not in text
     for metric in ("test_pr_auc", "test_f1", "test_kappa"):
         assert (lambda_grid / f"heatmap_{metric}.png").stat().st_size > 1000
     assert "![heatmap_test_pr_auc](heatmap_test_pr_auc.png)" in (lambda_grid / "summary.md").read_text()
@@ -55,12 +78,128 @@ def test_grid_summary_and_heatmaps(lambda_grid):
 
 def test_one_setting_over_seeds_has_no_heatmap(tmp_path):
     for seed in range(3):
-        write_job(tmp_path, seed, [f"seed={seed}"], {"test/f1": 60.0 + 3 * seed})
+        write_job(tmp_path, seed, [f"seed={seed}"], {"test/f1": 60.0 + 3 * seed})  # jobs from before status.json
     text = report(tmp_path)
-    assert "63.00 ± 3.00" in text
+    assert "63.00 ± 3.00 (n = 3)" in text
     assert not list(tmp_path.glob("heatmap_*.png"))
 
 
+def test_one_seed_per_cell_shows_the_value_and_n_1_without_a_fake_zero_std(tmp_path):
+    for number, (lambda_s, lambda_d) in enumerate([(s, d) for s in GRID for d in GRID]):
+        write_job(tmp_path, number, [f"model.lambda_synthetic={lambda_s}", f"model.lambda_diffusion={lambda_d}"],
+                  {"test/pr_auc": 100 * lambda_s + 10 * lambda_d}, status="completed")
+    text = report(tmp_path)
+    assert "±" not in text.split("\n\n", 3)[3]  # no cell claims a spread
+    assert "51.00 (n = 1)" in text and "one completed job per cell (n = 1)" in text
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert (summary["n"] == 1).all() and summary["std"].isna().all()
+    assert (tmp_path / "heatmap_test_pr_auc.png").is_file()  # the grid still gets its heatmap
+
+
+@pytest.fixture
+def broken_sweep(tmp_path):
+    """`python run.py -m sweep=seeds model=lstm,meddiffusion` (seeds 0-3): 8 jobs, job number
+    = 2·seed + model. Seeds 0 and 1 completed; seed 2 lstm failed, seed 2 meddiffusion was
+    killed after writing metrics (status still "running"); seed 3 lstm completed before the
+    status contract existed; seed 3 meddiffusion never started."""
+    write_multirun_yaml(tmp_path, {"seed": "0,1,2,3"}, ["sweep=seeds", "model=lstm,meddiffusion"])
+    models = ("lstm", "meddiffusion")
+
+    def job(seed, model, **kwargs):
+        number = 2 * seed + models.index(model)
+        write_job(tmp_path, number, [f"seed={seed}", "sweep=seeds", f"model={model}"], model=model, **kwargs)
+
+    for seed in (0, 1):
+        job(seed, "lstm", metrics={"test/f1": 60.0 + seed}, status="completed")
+        job(seed, "meddiffusion", metrics={"test/f1": 70.0 + seed}, status="completed")
+    job(2, "lstm", status="failed", error="data.root=/nope: no such directory; give the MIMIC-III folder.",
+        error_type="UserInputError")
+    job(2, "meddiffusion", metrics={"test/f1": 999.0}, status="running")
+    job(3, "lstm", metrics={"test/f1": 65.0})
+    return tmp_path
+
+
+def test_failed_killed_and_missing_jobs_are_listed_not_averaged(broken_sweep, capsys):
+    main([str(broken_sweep)])  # exit status 0: the sweep could be summarised
+    text = capsys.readouterr().out
+    summary = pd.read_csv(broken_sweep / "summary.csv").set_index("model")
+    assert summary.loc["lstm", "n"] == 3 and summary.loc["lstm", "mean"] == pytest.approx(62.0)
+    assert summary.loc["meddiffusion", "n"] == 2 and summary.loc["meddiffusion", "mean"] == pytest.approx(70.5)
+    assert "62.00 ± 2.65 (n = 3)" in text and "70.50 ± 0.71 (n = 2)" in text
+    assert "n differs between cells (2 to 3)" in text
+    assert "8 jobs expected (multirun.yaml): 5 completed, 1 failed, 1 incomplete, 1 missing." in text
+    listing = text.split("## Jobs not in the table", 1)[1].strip().splitlines()
+    assert listing == [
+        "- job 4 (seed=2 sweep=seeds model=lstm) [4_lstm_synthetic_heart_failure]: failed: "
+        "UserInputError: data.root=/nope: no such directory; give the MIMIC-III folder.",
+        "- job 5 (seed=2 sweep=seeds model=meddiffusion) [5_meddiffusion_synthetic_heart_failure]: incomplete: "
+        "killed, crashed hard or still running (started 2026-11-27T17:40:00)",
+        "- job 7 (seed=3 sweep=seeds model=meddiffusion): missing: no job directory (never started)",
+    ]
+    assert (broken_sweep / "summary.md").read_text().strip() == text.strip()
+
+
+def test_a_model_whose_other_values_all_failed_keeps_its_column(broken_sweep):
+    for job in broken_sweep.glob("*_meddiffusion_*"):
+        (job / "status.json").write_text(json.dumps({"status": "failed", "error": "out of memory",
+                                                     "error_type": "OutOfMemoryError"}))
+    text = report(broken_sweep)
+    assert "| model | test/f1 |" in text and "| lstm | 62.00 ± 2.65 (n = 3) |" in text
+    assert text.count(": failed: OutOfMemoryError: out of memory") == 3
+
+
+def test_unreadable_files_and_sweeps_without_multirun_yaml(tmp_path):
+    write_job(tmp_path, 0, ["seed=0"], {"test/f1": 60.0}, status="completed")
+    write_job(tmp_path, 1, ["seed=1"], {"test/f1": 62.0}, status="completed")
+    (write_job(tmp_path, 2, ["seed=2"], status="completed") / "metrics.json").write_text('{"test/f1": 6')  # truncated
+    write_job(tmp_path, 3, ["seed=3"])  # before the status contract, died without metrics
+    text = report(tmp_path)
+    assert "4 job directories: 2 completed, 1 incomplete, 1 unreadable." in text
+    assert "61.00 ± 1.41 (n = 2)" in text
+    assert "- job 2 (seed=2) [2_meddiffusion_synthetic_heart_failure]: unreadable: unreadable metrics.json" in text
+    assert "- job 3 (seed=3) [3_meddiffusion_synthetic_heart_failure]: incomplete: killed" in text
+    assert "no multirun.yaml in the directory: jobs that never started cannot be counted." in text
+
+
+def test_expected_jobs_are_expanded_like_hydras_basic_sweeper(tmp_path):
+    # the command line's seed list replaces the sweep file's but keeps its place in the order
+    write_multirun_yaml(tmp_path, {"seed": "0,1,2,3,4", "model.lambda_synthetic": 0.5},
+                        ["sweep=seeds", "seed=0,1", "model=lstm,meddiffusion", "trainer.max_epochs=range(2,4)"])
+    expected, note = expected_overrides(tmp_path)
+    assert note == "" and len(expected) == 8
+    assert expected[0] == ["seed=0", "model.lambda_synthetic=0.5", "sweep=seeds", "model=lstm", "trainer.max_epochs=2"]
+    assert expected[7] == ["seed=1", "model.lambda_synthetic=0.5", "sweep=seeds", "model=meddiffusion",
+                           "trainer.max_epochs=3"]
+    write_multirun_yaml(tmp_path, {"seed": "interval(0,1)"}, [])
+    expected, note = expected_overrides(tmp_path)
+    assert expected is None and "cannot expand the sweep" in note and "INTERVAL_SWEEP" in note
+
+
+def test_subclasses_of_the_basic_sweeper_are_expanded_other_sweepers_are_noted(tmp_path, monkeypatch):
+    module = types.ModuleType("failure_listing_sweepers")
+    module.ListingSweeper = type("ListingSweeper", (BasicSweeper,), {})  # like ehrlab's own sweeper
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    write_multirun_yaml(tmp_path, {"seed": "0,1,2"}, [], sweeper="failure_listing_sweepers.ListingSweeper")
+    assert len(expected_overrides(tmp_path)[0]) == 3
+    optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    write_multirun_yaml(tmp_path, {"seed": "0,1,2"}, [], sweeper=optuna)
+    write_job(tmp_path, 0, ["seed=0"], {"test/f1": 60.0}, status="completed")
+    text = report(tmp_path)
+    assert "1 job directory: 1 completed." in text
+    assert f"multirun.yaml names the sweeper {optuna}, whose jobs this report cannot enumerate" in text
+
+
+def test_a_sweep_where_no_job_completed_is_an_error_that_lists_them(tmp_path, capsys):
+    write_multirun_yaml(tmp_path, {"seed": "0,1"}, [])
+    write_job(tmp_path, 0, ["seed=0"], status="failed", error="CUDA out of memory", error_type="OutOfMemoryError")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no completed job" in err and "1 failed, 1 missing" in err
+    assert "job 0 (seed=0)" in err and "OutOfMemoryError: CUDA out of memory" in err and "job 1 (seed=1)" in err
+
+
 def test_empty_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(UserInputError, match="no metrics.json"):
+    with pytest.raises(UserInputError, match="no job directory"):
         report(tmp_path)

@@ -1,67 +1,248 @@
 """Aggregate a multirun: `python -m ehrlab.report <multirun dir> [--metrics test/ eval/]`.
 
-Reads every job's metrics.json and the overrides Hydra recorded for it, groups jobs that
-differ only in `seed`, and writes mean ± std over seeds:
-- a Markdown table to stdout and `<dir>/summary.md`,
-- `<dir>/summary.csv` (one row per group and metric: mean, std, n),
+Reads every job's status (`status.json`), metrics (`metrics.json`) and the overrides Hydra
+recorded for it, groups completed jobs that differ only in `seed`, and writes mean ± std
+over seeds:
+- a Markdown table to stdout and `<dir>/summary.md`, each cell with its number of jobs n,
+  followed by every job that is not in the table (failed, incomplete, unreadable, or
+  missing: expected from `multirun.yaml` but without a directory);
+- `<dir>/summary.csv` (one row per group and metric: mean, std, n);
 - for a 2-D grid (two swept keys besides the seed, e.g. λ_S × λ_D) a heatmap PNG per
   metric, like Figures 4–7 of seed 000.
-Standard deviations are sample standard deviations (ddof = 1) over the seeds.
+Standard deviations are sample standard deviations (ddof = 1) over the seeds; a cell of one
+job shows its value alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ehrlab.cli import exit_on_user_error
 from ehrlab.errors import UserInputError
 
 DEFAULT_PREFIXES = ("test/", "eval/", "synthetic/", "data/planted_ceiling/")
 HEATMAP_METRICS = ("test/pr_auc", "test/f1", "test/kappa", "test/roc_auc", "eval/prevalence_r2", "eval/nnaar")
+# Job states besides "completed", in the order the report lists them.
+PROBLEM_STATES = ("failed", "incomplete", "unreadable", "missing")
+INCOMPLETE = "killed, crashed hard or still running"
 
 
-def load_jobs(multirun_dir: Path) -> pd.DataFrame:
-    """One row per job: its swept/overridden settings and its metrics."""
-    rows = []
-    for metrics_path in sorted(multirun_dir.glob("**/metrics.json")):
-        job_dir = metrics_path.parent
-        overrides_path = job_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
-        settings = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
-        rows.append({"job": job_dir.name, **{f"setting:{k}": v for k, v in settings.items()},
-                     **json.loads(metrics_path.read_text())})
-    if not rows:
-        raise UserInputError(f"no metrics.json under {multirun_dir}: is it a multirun directory of finished jobs?")
-    return pd.DataFrame(rows)
+@dataclass
+class Job:
+    """One job of the sweep: found on disk, or expected from multirun.yaml and missing."""
+
+    number: int | None
+    overrides: list[str]
+    state: str  # "completed" or one of PROBLEM_STATES
+    detail: str = ""
+    directory: Path | None = None
+    metrics: dict = field(default_factory=dict)
+
+    def settings(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.overrides if "=" in o and not o.startswith("hydra"))
 
 
-def summarize(jobs: pd.DataFrame, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> tuple[pd.DataFrame, list[str]]:
-    """Mean, std and n of every selected metric per group of jobs differing only in seed."""
-    settings = [c for c in jobs if c.startswith("setting:") and c != "setting:seed"]
-    group_keys = [c for c in settings if jobs[c].nunique(dropna=False) > 1]
+def _job_number(directory: Path) -> int | None:
+    """Hydra's sweep subdir starts with the job number (`<num>_<model>_<data>_<task>`)."""
+    match = re.match(r"(\d+)(?:_|$)", directory.name)
+    return int(match.group(1)) if match else None
+
+
+def _is_job_dir(directory: Path) -> bool:
+    return directory.is_dir() and any(
+        (directory / name).exists() for name in ("status.json", "metrics.json", ".hydra/overrides.yaml"))
+
+
+def _read_overrides(directory: Path) -> list[str] | None:
+    path = directory / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in overrides] if isinstance(overrides, list) else None
+
+
+def _read_json(path: Path) -> tuple[dict | None, str]:
+    """(content, "") or (None, why it cannot be used)."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"unreadable {path.name} ({error})"
+    if not isinstance(content, dict):
+        return None, f"{path.name} is not a JSON object"
+    return content, ""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def read_job(directory: Path) -> Job:
+    """A job directory's state under the job-status contract: `status.json` says running,
+    completed or failed, and `metrics.json` exists only for completed jobs. Jobs from before
+    the contract (no status.json) count as completed when they have metrics.json."""
+    job = Job(_job_number(directory), _read_overrides(directory) or [], "completed", directory=directory)
+    status_path, metrics_path = directory / "status.json", directory / "metrics.json"
+    if status_path.exists():
+        status, why = _read_json(status_path)
+        if status is None:
+            job.state, job.detail = "unreadable", why
+            return job
+        state = status.get("status")
+        if state == "failed":
+            error = _one_line(status.get("error") or "no error message recorded")
+            job.state = "failed"
+            job.detail = f"{status['error_type']}: {error}" if status.get("error_type") else error
+            return job
+        if state == "running":
+            # SIGKILL, an out-of-memory kill or a hard crash leave the job at "running"
+            job.state = "incomplete"
+            job.detail = INCOMPLETE + (f" (started {status['started']})" if status.get("started") else "")
+            return job
+        if state != "completed":
+            job.state, job.detail = "unreadable", f"unknown status {state!r} in status.json"
+            return job
+        if not metrics_path.exists():
+            job.state, job.detail = "unreadable", "status.json says completed but metrics.json is missing"
+            return job
+    elif not metrics_path.exists():
+        job.state, job.detail = "incomplete", f"{INCOMPLETE} (neither status.json nor metrics.json)"
+        return job
+    metrics, why = _read_json(metrics_path)
+    if metrics is None:
+        job.state, job.detail = "unreadable", why
+    else:
+        job.metrics = metrics
+    return job
+
+
+def _expands_like_basic_sweeper(target: str | None) -> bool:
+    """Hydra's basic sweeper or a subclass of it (such as ehrlab's own, which only changes how
+    failures are reported); an optimiser's sweeper (Optuna, Nevergrad) chooses its jobs as it goes."""
+    module, _, name = str(target).rpartition(".")
+    try:
+        sweeper = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return False
+    return isinstance(sweeper, type) and issubclass(sweeper, BasicSweeper)
+
+
+def expected_overrides(multirun_dir: Path) -> tuple[list[list[str]] | None, str]:
+    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep that
+    `multirun.yaml` records (its sweep files' params, then the command line), or (None, why
+    not)."""
+    path = multirun_dir / "multirun.yaml"
+    if not path.is_file():
+        return None, "no multirun.yaml in the directory: jobs that never started cannot be counted."
+    try:
+        config = OmegaConf.load(path)
+        sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+        target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        if sweeper is None or not _expands_like_basic_sweeper(target):
+            return None, (f"multirun.yaml names the sweeper {target}, whose jobs this report cannot enumerate: "
+                          "jobs that never started are not counted.")
+        params = OmegaConf.to_container(sweeper.get("params") or OmegaConf.create({}), resolve=False)
+        task = OmegaConf.to_container(OmegaConf.select(config, "hydra.overrides.task", default=[]), resolve=False)
+        arguments = [f"{key}={value}" for key, value in params.items()] + [str(o) for o in task]
+        # without a config loader: glob() over config groups cannot be expanded (reported below)
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return BasicSweeper.split_arguments(overrides, max_batch_size=None)[0], ""
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, HydraException) as error:
+        return None, f"cannot expand the sweep of {path} ({_one_line(error)}): jobs that never started are not counted."
+
+
+@dataclass
+class Sweep:
+    jobs: list[Job]  # found or expected, in job-number order
+    notes: list[str]  # what could not be checked, and why
+    n_expected: int | None  # jobs multirun.yaml expands to, when it could be expanded
+
+
+def collect_jobs(multirun_dir: Path) -> Sweep:
+    """Every job directory of the sweep and every expected job without one."""
+    found = [read_job(d) for d in sorted(multirun_dir.iterdir()) if _is_job_dir(d)]
+    expected, note = expected_overrides(multirun_dir)
+    notes = [note] if note else []
+    if expected is not None and found and all(job.number is None for job in found):
+        notes.append("no job directory starts with its job number: jobs that never started cannot be told apart.")
+        expected = None
+    if expected is not None:
+        numbered = {job.number for job in found if job.number is not None}
+        for job in found:
+            if job.number is not None and job.number < len(expected) and not job.overrides:
+                job.overrides = list(expected[job.number])
+        found += [Job(number, list(overrides), "missing", "no job directory (never started)")
+                  for number, overrides in enumerate(expected) if number not in numbered]
+        beyond = sorted(job.directory.name for job in found if job.number is not None and job.number >= len(expected))
+        if beyond:
+            notes.append(f"{', '.join(beyond)}: beyond the {len(expected)} jobs of multirun.yaml "
+                         "(left from an earlier sweep into this directory?); summarised with the others.")
+    found.sort(key=lambda job: (job.number is None, job.number or 0, job.directory.name if job.directory else ""))
+    return Sweep(found, notes, len(expected) if expected is not None else None)
+
+
+def completed_table(jobs: list[Job]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per completed job (its settings as `setting:<key>`, then its metrics), and the
+    keys to group by: the settings other than the seed that vary across *all* jobs, failed
+    and missing ones included, so that a swept key still shows when all but one of its
+    values failed."""
+    keys = list(dict.fromkeys(key for job in jobs for key in job.settings()))
+    rows = [{"job": job.directory.name, **{f"setting:{k}": job.settings().get(k, "(default)") for k in keys},
+             **job.metrics} for job in jobs if job.state == "completed"]
+    varying = [k for k in keys if k != "seed" and len({job.settings().get(k, "(default)") for job in jobs}) > 1]
+    return pd.DataFrame(rows), varying
+
+
+def summarize(jobs: pd.DataFrame, group_keys: list[str],
+              prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> pd.DataFrame:
+    """Mean, std and n of every selected metric per group of jobs (one row per group and metric)."""
+    group_keys = [f"setting:{k}" for k in group_keys]
     metrics = [c for c in jobs if c.startswith(prefixes) and pd.api.types.is_numeric_dtype(jobs[c])]
     if not metrics:
         raise UserInputError(f"no metric starts with {list(prefixes)}; choose others with --metrics.")
     long = jobs.melt(id_vars=group_keys or None, value_vars=metrics, var_name="metric").dropna(subset=["value"])
     by = [*group_keys, "metric"]
     summary = long.groupby(by, sort=True, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    summary = summary.rename(columns={"count": "n", **{k: k.removeprefix("setting:") for k in group_keys}})
-    return summary, [k.removeprefix("setting:") for k in group_keys]
+    return summary.rename(columns={"count": "n", **{k: k.removeprefix("setting:") for k in group_keys}})
+
+
+def _cell(row: pd.Series) -> str:
+    if row["n"] == 1:
+        return f"{row['mean']:.2f} (n = 1)"  # one job has no spread: no "± 0.00"
+    return f"{row['mean']:.2f} ± {row['std']:.2f} (n = {row['n']})"
+
+
+def _header(n: pd.Series) -> str:
+    low, high = int(n.min()), int(n.max())
+    if low == high == 1:
+        return "one completed job per cell (n = 1): its value, no standard deviation"
+    if low == high:
+        return f"mean ± sample std over the n = {low} completed jobs (seeds) of each cell"
+    single = ", a cell with n = 1 shows its value alone" if low == 1 else ""
+    return (f"mean ± sample std over the n completed jobs (seeds) of each cell; n differs between cells "
+            f"({low} to {high}){single}")
 
 
 def markdown_table(summary: pd.DataFrame, group_keys: list[str]) -> str:
-    cell = summary.apply(lambda r: f"{r['mean']:.2f} ± {0.0 if pd.isna(r['std']) else r['std']:.2f}", axis=1)
-    wide = summary.assign(cell=cell).pivot_table(index=group_keys or None, columns="metric", values="cell",
-                                                 aggfunc="first") if group_keys else \
-        summary.assign(cell=cell).set_index("metric")[["cell"]].T
-    n = int(summary["n"].max())
-    header = f"mean ± std over {n} seed(s) per row\n\n"
-    return header + to_markdown(wide.reset_index(drop=not group_keys))
+    cells = summary.assign(cell=summary.apply(_cell, axis=1))
+    wide = cells.pivot_table(index=group_keys, columns="metric", values="cell", aggfunc="first") if group_keys \
+        else cells.set_index("metric")[["cell"]].T
+    return _header(summary["n"]) + "\n\n" + to_markdown(wide.reset_index(drop=not group_keys))
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -69,6 +250,28 @@ def to_markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def job_counts(sweep: Sweep) -> str:
+    counts = Counter(job.state for job in sweep.jobs)
+    if sweep.n_expected is not None:
+        total = f"{sweep.n_expected} job{'s' * (sweep.n_expected != 1)} expected (multirun.yaml)"
+    else:
+        total = f"{len(sweep.jobs)} job director{'ies' if len(sweep.jobs) != 1 else 'y'}"
+    parts = [f"{counts[state]} {state}" for state in ("completed", *PROBLEM_STATES) if counts[state]]
+    return f"{total}: {', '.join(parts)}."
+
+
+def problem_list(jobs: list[Job]) -> list[str]:
+    """One line per job that is not in the table, failed first, then by job number."""
+    lines = []
+    for state in PROBLEM_STATES:
+        for job in (j for j in jobs if j.state == state):
+            name = f"job {job.number}" if job.number is not None else "job"
+            where = f" [{job.directory.name}]" if job.directory else ""
+            settings = " ".join(job.overrides) or "no overrides recorded"
+            lines.append(f"- {name} ({settings}){where}: {state}: {job.detail}")
+    return lines
 
 
 def heatmaps(summary: pd.DataFrame, group_keys: list[str], out_dir: Path) -> list[Path]:
@@ -92,8 +295,10 @@ def heatmaps(summary: pd.DataFrame, group_keys: list[str], out_dir: Path) -> lis
         ax.set_xlabel(col_key)
         ax.set_ylabel(row_key)
         values = grid.to_numpy(dtype=float)
-        middle = (pd.Series(values.ravel()).min() + pd.Series(values.ravel()).max()) / 2
-        for (i, j), value in pd.DataFrame(values).stack().items():
+        middle = (np.nanmin(values) + np.nanmax(values)) / 2
+        for (i, j), value in np.ndenumerate(values):
+            if np.isnan(value):
+                continue  # no completed job in this cell: left blank
             # dark text on the bright end of viridis, light text on the dark end
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
                     color="black" if value > middle else "white")
@@ -115,11 +320,26 @@ def _numeric_key(index: pd.Index) -> pd.Index:
 def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> str:
     if not multirun_dir.is_dir():
         raise UserInputError(f"{multirun_dir} is not a directory: give a multirun directory (multirun/<date>/<time>_<id>).")
-    summary, group_keys = summarize(load_jobs(multirun_dir), prefixes)
-    table = markdown_table(summary, group_keys)
+    sweep = collect_jobs(multirun_dir)
+    if not sweep.jobs:
+        below = sorted(str(p.parent) for p in multirun_dir.glob("*/multirun.yaml"))
+        hint = f" The multirun directories below it: {', '.join(below)}." if below else ""
+        raise UserInputError(
+            f"no job directory in {multirun_dir} (one holding status.json, metrics.json or .hydra/overrides.yaml): "
+            f"give a multirun directory, multirun/<date>/<time>_<id>.{hint}")
+    counts = job_counts(sweep)
+    problems = problem_list(sweep.jobs)
+    if not any(job.state == "completed" for job in sweep.jobs):
+        raise UserInputError("\n".join([f"no completed job in {multirun_dir}, nothing to summarise. {counts}", *problems]))
+    completed, group_keys = completed_table(sweep.jobs)
+    summary = summarize(completed, group_keys, prefixes)
     summary.to_csv(multirun_dir / "summary.csv", index=False)
     plots = heatmaps(summary, group_keys, multirun_dir)
-    text = f"# Summary of {multirun_dir}\n\n{table}\n"
+    text = f"# Summary of {multirun_dir}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
+    if problems:
+        text += "\n## Jobs not in the table\n\n" + "\n".join(problems) + "\n"
+    if sweep.notes:
+        text += "\n## Notes\n\n" + "\n".join(f"- {note}" for note in sweep.notes) + "\n"
     if plots:
         text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     (multirun_dir / "summary.md").write_text(text)
