@@ -50,10 +50,12 @@ def log_results(logger: Logger | None, metrics: dict[str, float], plots: list[Pa
             logger.experiment.add_image(f"plots/{plot.stem}", image, dataformats="HWC" if image.ndim == 3 else "HW")
 
 
-def finish(logger: Logger | None) -> None:
-    if logger is not None:
-        logger.finalize("success")
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            wandb.finish()
+def finish(logger: Logger | None, succeeded: bool) -> None:
+    """Close the logger's run, marked finished or failed (W&B: exit code 0 or 1). Returns
+    once the run is fully written, so whatever reads the offline run next sees all of it."""
+    if logger is None:
+        return
+    logger.finalize("success" if succeeded else "failed")
+    if isinstance(logger, WandbLogger):
+        # The run object itself, not wandb.finish(), which only closes the global run.
+        logger.experiment.finish(exit_code=0 if succeeded else 1)

@@ -3,20 +3,29 @@
 `run.py` composes the Hydra config and calls `run(cfg)`. Each stage is a short function;
 everything a run produces goes to its run directory:
 
+    status.json          running / completed / failed (with the reason): written first
     config.yaml          resolved config
     data_stats.json      statistics of the prepared data (Table 1 of seed 000 / 12 of seed 002)
     checkpoints/         best.ckpt (on the model's own monitored metric) and last.ckpt
-    metrics.json         flat JSON of every final metric
+    metrics.json         flat JSON of every final metric (only when the run completed)
     predictions.parquet  risk models: test-split probabilities (and pr_roc_curves.png)
     synthetic.parquet    generators: the synthetic records (and synthetic.csv)
     evaluation/          generators: report.md, evaluation.json and plots of the evaluation
     *.md, *.png          a model's own analyses (MedDiffusion: synthetic_codes.md, a t-SNE)
+
+`resume=<run dir>` continues a run in its own directory from its last.ckpt, with its saved
+configuration: the checkpoint restores the weights, optimiser, scheduler, the best-checkpoint
+and early-stopping trackers and the random state, so the resumed run ends where the
+uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 import warnings
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -25,10 +34,15 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ehrlab.checkpoints import RandomStateCheckpoint, check_checkpoint_fits, load_model_weights, read_checkpoint
+from ehrlab.cli import one_line_reason
+from ehrlab.config import check_config, resumed_config
 from ehrlab.data.cache import default_cache_dir, load_canonical, staged_folder
 from ehrlab.data.datamodules import EHRDataModule
+from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
 from ehrlab.evaluation.prediction import plot_pr_and_roc_curves
@@ -40,20 +54,61 @@ log = logging.getLogger(__name__)
 # Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per step: nothing to act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 
-STAGES = ("prepare", "train", "generate", "evaluate", "all")
 HEADLINE_PREFIXES = ("data/n_", "data/visits_per_patient", "data/codes_per_visit", "data/planted_ceiling/", "test/",
                      "eval/", "synthetic/")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the configured stage(s); returns the metrics written to metrics.json."""
-    if cfg.stage not in STAGES:
-        raise UserInputError(f"stage={cfg.stage} is not a stage; valid: {', '.join(STAGES)}.")
+    """Run the configured stage(s), or continue the run of `cfg.resume`; returns the metrics
+    written to metrics.json. Raises on failure, after recording it in status.json."""
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir.chmod(0o700)  # predictions and synthetic records carry patient ids
+    with recorded_status(run_dir, cfg.stage):
+        check_config(cfg)
+        if is_first_process():
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        metrics = run_stages(cfg, run_dir)
+    return metrics
 
+
+def is_first_process() -> bool:
+    """False on the other ranks of a DDP run (set from the launcher's environment)."""
+    return rank_zero_only.rank == 0
+
+
+@contextmanager
+def recorded_status(run_dir: Path, stage: str):
+    """status.json says running while the body runs, then completed or failed with the
+    reason (a crash's traceback too). A run killed outright stays at running, which is how
+    `python -m ehrlab.report` tells a killed job from a finished one."""
+    if not is_first_process():
+        yield
+        return
+    path = run_dir / "status.json"
+    status = {"status": "running", "stage": stage, "started": _now(), "ended": None, "error": None,
+              "error_type": None}
+    write_json(path, status)
+    try:
+        yield
+    except BaseException as error:
+        status |= {"status": "failed", "ended": _now(), "error": one_line_reason(error),
+                   "error_type": type(error).__name__}
+        if not isinstance(error, UserInputError):
+            status["traceback"] = traceback.format_exc()
+        write_json(path, status)
+        raise
+    write_json(path, status | {"status": "completed", "ended": _now()})
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     task_data = prepare(cfg, run_dir)
     metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
     if cfg.stage != "prepare":
@@ -64,37 +119,38 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger = build_logger(cfg, run_dir)
         try:
             trainer = train_or_load(cfg, model, datamodule, logger, run_dir)
-            if isinstance(model, Generator):
-                # Under DDP every rank gets here; one generates and evaluates.
-                stage_metrics, plots = generator_stages(cfg, model, task_data, run_dir) \
-                    if trainer.is_global_zero else ({}, [])
-            else:
-                stage_metrics, plots = risk_stages(cfg, trainer, model, datamodule, run_dir)
-            metrics |= stage_metrics
-            if not trainer.is_global_zero:
-                return metrics
-            log_results(logger, metrics, plots)
-        finally:
-            finish(logger)
+            if trainer.is_global_zero:  # under DDP one rank tests, generates and evaluates
+                stage_metrics, plots = (generator_stages(cfg, model, task_data, run_dir)
+                                        if isinstance(model, Generator) else
+                                        risk_stages(cfg, model, datamodule, run_dir))
+                metrics |= stage_metrics
+                log_results(logger, metrics, plots)
+        except BaseException:
+            finish(logger, succeeded=False)
+            raise
+        finish(logger, succeeded=True)
+        if not trainer.is_global_zero:
+            return metrics
     write_metrics(run_dir, metrics)
     print_summary(run_dir, metrics)
     return metrics
 
 
 def train_or_load(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
-    """Train (stage train/all, resuming from ckpt_path if given) and keep the best weights,
-    or load the weights of ckpt_path for the later stages."""
+    """Train (stage train/all; from the run's last.ckpt when resuming) and keep the best
+    weights, or load the weights of ckpt_path for the later stages."""
     trainer = build_trainer(cfg, model, logger, run_dir)
     if cfg.stage in ("train", "all"):
-        if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-            raise UserInputError(f"ckpt_path={cfg.ckpt_path} does not exist.")
-        # Checkpoints hold the model's hyperparameters (optimiser partials included), which
-        # torch's weights-only unpickler refuses; ckpt_path is the user's own file.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=False)
+        resume_from = None
+        if cfg.get("resume"):
+            resume_from = run_dir / "checkpoints" / "last.ckpt"
+            # Read it once ourselves first: a bad or foreign file gets ehrlab's own message.
+            check_checkpoint_fits(model, read_checkpoint(resume_from, role="resume"), resume_from)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         if trainer.checkpoint_callback.best_model_path:
-            load_weights(model, trainer.checkpoint_callback.best_model_path)
+            load_model_weights(model, trainer.checkpoint_callback.best_model_path)
     elif cfg.ckpt_path:
-        load_weights(model, cfg.ckpt_path)
+        load_model_weights(model, cfg.ckpt_path)
     elif not (cfg.stage == "evaluate" and isinstance(model, Generator)):
         raise UserInputError(f"stage={cfg.stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
                              "(a run directory's checkpoints/best.ckpt).")
@@ -112,21 +168,36 @@ def generator_stages(cfg: DictConfig, model, task_data: TaskData, run_dir: Path)
     return metrics, plots
 
 
-def risk_stages(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, run_dir: Path) -> tuple[dict, list[Path]]:
-    """Test metrics, predictions and their PR/ROC curves (every stage past prepare), then
-    the model's analyses (evaluate/all). Analyses may plot patient-level points (a t-SNE):
-    they stay in the run directory; only the aggregate curves go to the logger."""
-    metrics = evaluate_risk(trainer, model, datamodule, run_dir)
+def risk_stages(cfg: DictConfig, model, datamodule, run_dir: Path) -> tuple[dict, list[Path]]:
+    """Test metrics from the predictions on the whole test split, those predictions and
+    their PR/ROC curves (every stage past prepare), then the model's analyses
+    (evaluate/all). Analyses may plot patient-level points (a t-SNE): they stay in the run
+    directory; only the aggregate curves go to the logger."""
+    predictions = predict_test_split(model, datamodule)
+    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
+    metrics = {f"test/{name}": value
+               for name, value in model.metrics(predictions["label"].to_numpy(),
+                                                predictions["probability"].to_numpy()).items()}
     plots = []
-    if trainer.is_global_zero:
-        predictions = pd.read_parquet(run_dir / "predictions.parquet")
-        curves = run_dir / "pr_roc_curves.png"
-        if plot_pr_and_roc_curves(predictions["label"], predictions["probability"], curves,
-                                  title=f"{type(model).__name__}, test split"):
-            plots.append(curves)
-        if cfg.stage in ("evaluate", "all"):
-            metrics |= model.write_analyses(datamodule, run_dir)
+    curves = run_dir / "pr_roc_curves.png"
+    if plot_pr_and_roc_curves(predictions["label"], predictions["probability"], curves,
+                              title=f"{type(model).__name__}, test split"):
+        plots.append(curves)
+    if cfg.stage in ("evaluate", "all"):
+        metrics |= model.write_analyses(datamodule, run_dir)
     return metrics, plots
+
+
+def predict_test_split(model, datamodule) -> pd.DataFrame:
+    """Every test patient's prediction at the loaded (best) weights, in this process: under
+    DDP, Lightning's test and predict loops would give each rank a padded shard instead."""
+    model.eval()
+    with torch.no_grad():
+        outputs = [model.predict_step({k: v.to(model.device) for k, v in batch.items()}, index)
+                   for index, batch in enumerate(datamodule.test_dataloader())]
+    return pd.DataFrame({k: torch.cat([o[k] for o in outputs]).float().cpu().numpy()
+                         if k == "probability" else torch.cat([o[k] for o in outputs]).cpu().numpy()
+                         for k in outputs[0]})
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
@@ -167,13 +238,16 @@ def check_model_fits_task(cfg: DictConfig, model: pl.LightningModule, task_data:
 
 def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: Path) -> pl.Trainer:
     """The configured Trainer with the callbacks the model asks for."""
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=model.monitor,
+    # An absolute path: Lightning restores the best-checkpoint tracking on resume only when
+    # the directory matches the one recorded in the checkpoint.
+    checkpoint_dir = (run_dir / "checkpoints").resolve()
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=model.monitor,
                            mode=model.monitor_mode, auto_insert_metric_name=False, enable_version_counter=False)
     # Lightning's save_last only writes when the best checkpoint changes; resuming needs the
     # latest epoch every time, so last.ckpt has its own unmonitored callback.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+    last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    callbacks = [best, last]
+    callbacks = [best, last, RandomStateCheckpoint()]
     patience = getattr(model, "early_stopping_patience", None)
     if patience:
         callbacks.append(EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=patience))
@@ -181,40 +255,16 @@ def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: P
                        default_root_dir=str(run_dir))
 
 
-def load_weights(model: pl.LightningModule, ckpt_path: str) -> None:
-    if not Path(ckpt_path).is_file():
-        raise UserInputError(f"ckpt_path={ckpt_path} does not exist.")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model.check_checkpoint_vocabulary(checkpoint, ckpt_path)
-    model.load_state_dict(checkpoint["state_dict"])
-
-
-def evaluate_risk(trainer: pl.Trainer, model, datamodule, run_dir: Path) -> dict[str, float]:
-    """Test metrics at the loaded (best-validation) weights (every rank takes part under
-    DDP; the model gathers the predictions) and, on the first rank, the test predictions."""
-    results = trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in results[0].items()} if results else {}
-    if trainer.is_global_zero:
-        # In this process rather than trainer.predict, which under DDP would give each
-        # rank only its shard of the test split.
-        model.eval()
-        with torch.no_grad():
-            outputs = [model.predict_step({k: v.to(model.device) for k, v in batch.items()}, index)
-                       for index, batch in enumerate(datamodule.test_dataloader())]
-        frame = pd.DataFrame({k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in outputs[0]})
-        frame.to_parquet(run_dir / "predictions.parquet", index=False)
-    return metrics
-
-
 def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
-    """Synthetic patients in the long format, with ids that never coincide with real ones."""
+    """Synthetic patients in the long format. Their ids count up from
+    SYNTHETIC_SUBJECT_ID_START, a range no reader lets a real patient into: a synthetic id
+    never equals a real one and says nothing about the real ids."""
     from ehrlab.evaluation.synthetic.records import build_records
     from ehrlab.evaluation.synthetic.structure import dataset_statistics
 
     n = cfg.generate.n_patients or task_data.splits["train"].n_patients
     records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
-    first_free_id = max(int(s.subject_id.max()) for s in task_data.splits.values()) + 1
-    records["subject_id"] = records["subject_id"].astype("int64") + first_free_id
+    records["subject_id"] = records["subject_id"].astype("int64") + SYNTHETIC_SUBJECT_ID_START
     records.to_parquet(run_dir / "synthetic.parquet", index=False)
     records.to_csv(run_dir / "synthetic.csv", index=False)
     _, built = build_records({"synthetic": records})

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ehrlab.errors import UserInputError
+
 EVENT_COLUMNS = ["subject_id", "time", "code", "numeric_value", "visit_id"]
 EVENT_DTYPES = {
     "subject_id": "int64",
@@ -43,10 +45,15 @@ LONG_COLUMNS = ["subject_id", "visit_id", "code"]
 PAD_CODE = "[PAD]"
 UNKNOWN_CODE = "[UNK]"
 
+# Synthetic patients are numbered from here on, and every reader's subject ids must lie
+# below it (checked in conform_events / conform_static): a synthetic id can never be a real
+# patient's, and, unlike an offset past the largest real id, it reveals nothing about them.
+# MIMIC-III ids have 5-6 digits, MIMIC-IV ids 8.
+SYNTHETIC_SUBJECT_ID_START = 10**12
+
 DIAGNOSIS_PREFIX = "DIAGNOSIS//ICD//"
 PROCEDURE_PREFIX = "PROCEDURE//ICD//"
 MEDICATION_PREFIX = "MEDICATION//"
-LAB_PREFIX = "LAB//"
 
 
 def diagnosis_code(icd_version: int | str, icd_code: str) -> str:
@@ -59,10 +66,6 @@ def strip_namespace(code: str) -> str:
     return code.rsplit("//", 1)[-1]
 
 
-def empty_events() -> pd.DataFrame:
-    return conform_events(pd.DataFrame({c: [] for c in EVENT_COLUMNS}))
-
-
 def conform_events(events: pd.DataFrame) -> pd.DataFrame:
     """Select, order and cast the canonical event columns (adds missing optional ones)."""
     events = events.copy()
@@ -70,8 +73,9 @@ def conform_events(events: pd.DataFrame) -> pd.DataFrame:
         events["numeric_value"] = None
     if "visit_id" not in events:
         events["visit_id"] = None
-    events = events.loc[:, EVENT_COLUMNS]
-    return events.astype(EVENT_DTYPES)
+    events = events.loc[:, EVENT_COLUMNS].astype(EVENT_DTYPES)
+    check_subject_ids(events["subject_id"], "events")
+    return events
 
 
 def conform_static(static: pd.DataFrame) -> pd.DataFrame:
@@ -82,5 +86,15 @@ def conform_static(static: pd.DataFrame) -> pd.DataFrame:
         static[column] = static[column].fillna(fill)
     if "birth_date" not in static:
         static["birth_date"] = pd.NaT
-    static = static.loc[:, STATIC_COLUMNS]
-    return static.astype(STATIC_DTYPES)
+    static = static.loc[:, STATIC_COLUMNS].astype(STATIC_DTYPES)
+    check_subject_ids(static["subject_id"], "patients")
+    return static
+
+
+def check_subject_ids(subject_ids: pd.Series, table: str) -> None:
+    """Real subject ids are non-negative and below SYNTHETIC_SUBJECT_ID_START."""
+    if len(subject_ids) and (subject_ids.min() < 0 or subject_ids.max() >= SYNTHETIC_SUBJECT_ID_START):
+        raise UserInputError(
+            f"the source's {table} hold subject ids outside 0 .. {SYNTHETIC_SUBJECT_ID_START - 1:,} "
+            f"(found {subject_ids.min()} .. {subject_ids.max()}): ehrlab numbers synthetic patients from "
+            f"{SYNTHETIC_SUBJECT_ID_START:,} on, so real ids must stay below; renumber the source's subjects.")

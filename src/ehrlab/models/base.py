@@ -5,9 +5,9 @@ metric and its mode from the model, lets the model build its own optimisers (man
 optimisation included, for GANs), and calls the family hooks below.
 
 Every model is built as ``instantiate(cfg.model, vocabulary=datamodule.vocabulary)``:
-``vocabulary[i]`` is the code string of id ``i`` and id 0 is padding. The vocabulary is
-stored in every checkpoint so that a checkpoint can be checked against the data it is
-loaded with.
+``vocabulary[i]`` is the code string of id ``i`` and id 0 is padding. The vocabulary and the
+model's class are stored in every checkpoint so that a checkpoint can be checked against
+the data and model it is loaded with (``ehrlab.checkpoints``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ehrlab.checkpoints import MODEL_KEY, VOCABULARY_KEY, plain_data, qualified_name
 from ehrlab.data.schema import PAD_CODE
-from ehrlab.errors import UserInputError
 
 
 class EHRModule(pl.LightningModule):
@@ -41,16 +41,12 @@ class EHRModule(pl.LightningModule):
         return len(self.vocabulary)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ehrlab_vocabulary"] = self.vocabulary
-
-    def check_checkpoint_vocabulary(self, checkpoint: dict[str, Any], ckpt_path: str) -> None:
-        saved = checkpoint.get("ehrlab_vocabulary")
-        if saved is not None and saved != self.vocabulary:
-            raise UserInputError(
-                f"checkpoint {ckpt_path} was trained on a different code vocabulary "
-                f"({len(saved)} codes) than the data of this run ({len(self.vocabulary)} codes): "
-                "use the same data=, task= and data options as the run that trained it."
-            )
+        # Plain data only, so that ehrlab can read its own checkpoints with a weights-only
+        # load (ehrlab.checkpoints): the hyperparameters hold Hydra's partial factories.
+        checkpoint[VOCABULARY_KEY] = list(self.vocabulary)
+        checkpoint[MODEL_KEY] = qualified_name(type(self))
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_data(checkpoint["hyper_parameters"])
 
     def write_analyses(self, datamodule: pl.LightningDataModule, out_dir: Path) -> dict[str, float]:
         """Model-specific analyses for ``stage=evaluate`` (tables, plots in ``out_dir``).

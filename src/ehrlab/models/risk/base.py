@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -127,6 +128,17 @@ class RiskPredictor(EHRModule):
         """Two-class logits [B, 2] from the real visits only (what is evaluated, §6.4)."""
         return self.backbone(batch)
 
+    @staticmethod
+    def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+        """The family's metrics of a split from its labels and class-1 probabilities: PR-AUC,
+        average precision, F1, kappa and ROC-AUC in percent, and the cross-entropy ``loss``
+        (raw). Validation epochs and the runner's test metrics both come from here."""
+        values = binary_classification_metrics(labels, probabilities)
+        metrics = {name: 100.0 * values[name] for name in METRIC_NAMES}
+        likelihood = np.where(labels == 1, probabilities, 1.0 - probabilities).astype(np.float64)
+        metrics["loss"] = float(-np.log(np.clip(likelihood, 1e-12, 1.0)).mean()) if len(labels) else float("nan")
+        return metrics
+
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
         """``{"loss": ..., <named components>}``; here the CE of Eq. 3.16 (batch mean)."""
         return {"loss": F.cross_entropy(self(batch), batch["label"])}
@@ -202,9 +214,9 @@ class RiskPredictor(EHRModule):
             # changes the numbers negligibly and is the usual trade-off).
             probabilities = self.all_gather(probabilities).reshape(-1)
             labels = self.all_gather(labels).reshape(-1)
-        metrics = binary_classification_metrics(labels.cpu().numpy(), probabilities.float().cpu().numpy())
+        metrics = self.metrics(labels.cpu().numpy(), probabilities.float().cpu().numpy())
         for name in METRIC_NAMES:
             # Computed from every rank's gathered predictions: identical on all ranks.
-            self.log(f"{split}/{name}", 100.0 * metrics[name], prog_bar=name == "f1", sync_dist=True)
+            self.log(f"{split}/{name}", metrics[name], prog_bar=name == "f1", sync_dist=True)
         outputs.clear()
 

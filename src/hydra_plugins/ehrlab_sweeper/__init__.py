@@ -1,0 +1,1 @@
+"""ehrlab's Hydra sweeper (Hydra looks for plugins in the `hydra_plugins` namespace package)."""
