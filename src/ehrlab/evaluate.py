@@ -3,7 +3,9 @@
 Each input is a long table (`subject_id, visit_id, code`, optional `time`) in Parquet
 (`.parquet`, `.pq`) or CSV (`.csv`, `.csv.gz`, anything else). Writes `DIR/metrics.json`
 (the flat scalar metrics), `DIR/evaluation.json`, `DIR/report.md` and `DIR/plots/`.
-A bad path or a missing column prints one message and exits with status 2.
+Inputs that cannot be compared print one message (`error: ...`) and exit with status 2
+before anything is written: a bad path, a missing column, an empty set, integer codes in
+one file and code strings in another, or a set sharing no code with the training set.
 """
 
 from __future__ import annotations
@@ -12,25 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ehrlab.errors import UserInputError
 from ehrlab.serialization import write_json
-
-
-def read_long_table(path: Path, role: str) -> pd.DataFrame:
-    """Read one long table; codes are always strings (ICD codes like 0389 keep their zeros)."""
-    if not path.is_file():
-        raise UserInputError(f"--{role}: no such file {path}; pass a Parquet or CSV long table.")
-    try:
-        if path.suffix in (".parquet", ".pq"):
-            table = pd.read_parquet(path)
-            if "code" in table.columns:
-                table["code"] = table["code"].astype("str")
-            return table
-        return pd.read_csv(path, dtype={"code": "str"})
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"--{role}: cannot read {path} as {'Parquet' if path.suffix in ('.parquet', '.pq') else 'CSV'}: {error}") from error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,10 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        tables = {role: read_long_table(getattr(args, role), role) for role in ("train", "test", "synthetic")}
-        from ehrlab.evaluation.synthetic import evaluate_synthetic
+    from ehrlab.evaluation.synthetic import evaluate_synthetic  # after parsing: --help needs no torch
+    from ehrlab.evaluation.synthetic.records import read_long_table
 
+    try:
+        tables = {role: read_long_table(getattr(args, role), f"--{role}") for role in ("train", "test", "synthetic")}
         metrics = evaluate_synthetic(
             tables["train"],
             tables["test"],

@@ -50,7 +50,7 @@ from ehrlab.evaluation.synthetic.privacy import (
     membership_inference,
     privacy_distances,
 )
-from ehrlab.evaluation.synthetic.records import PatientRecords, build_records
+from ehrlab.evaluation.synthetic.records import PatientRecords, build_records, check_comparable
 from ehrlab.evaluation.synthetic.structure import (
     TOP_K,
     chapter_prevalence,
@@ -220,10 +220,15 @@ def evaluate_synthetic(
         headline NNAAR and MIA always use the full sets, the seven reruns of the ablation are
         subsampled to this size by default to bound the cost (None = full sets).
     mia_max_records: cap on the headline MIA's members (None = the smaller real set).
+
+    Raises UserInputError, before writing anything, for tables that cannot be compared: a
+    missing column, an empty set, integer codes next to code strings, or a held-out or
+    synthetic set sharing no code with the training set (`records.check_comparable`).
     """
     unknown = set(discriminators) - {"lstm", "random_forest"}
     if unknown:
         raise UserInputError(f"unknown discriminator(s) {sorted(unknown)}: choose from 'lstm', 'random_forest'.")
+    check_comparable({"train": train, "test": test, "synthetic": synthetic})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
