@@ -53,8 +53,9 @@ def _heart_failure_ceiling(tables) -> dict:
 
 
 def _one_run(n_patients: int, seed: int) -> dict:
-    from ehrlab.data.synthetic import SyntheticConfig, dataset_statistics, generate_synthetic_mimic3, \
-        write_synthetic_mimic3
+    from ehrlab.data.synthetic import (
+        SyntheticConfig, dataset_statistics, generate_synthetic_mimic3, write_synthetic_mimic3,
+    )
 
     config = SyntheticConfig(n_patients=n_patients, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

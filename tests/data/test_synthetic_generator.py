@@ -1,25 +1,33 @@
-"""The embedded synthetic MIMIC-III generator (`data=synthetic`): format, realism, planted risk."""
+"""The embedded synthetic MIMIC-III generator (`data=synthetic`): format, realism, planted risk,
+and its agreement with the cohort definitions of conf/task/*.yaml (which it does not read)."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+import ehrlab.config
 from ehrlab.data.codes import normalize_icd9_diagnosis
+from ehrlab.data.schema import diagnosis_code
 from ehrlab.data.synthetic import (
     ADMISSIONS_COLUMNS,
     COHORT_EMITTED_CODES,
     COHORTS,
     DIAGNOSES_COLUMNS,
     PATIENTS_COLUMNS,
+    RISK_FACTOR_MODEL,
     SyntheticConfig,
     cohort_code_mask,
     dataset_statistics,
@@ -30,9 +38,25 @@ from ehrlab.data.synthetic import (
     read_synthetic_config,
     write_synthetic_mimic3,
 )
+from ehrlab.data.synthetic.catalogue import free_leaves
+from ehrlab.data.tasks.risk import TargetCodes
 from ehrlab.errors import UserInputError
 
 TABLES = ("PATIENTS", "ADMISSIONS", "DIAGNOSES_ICD")
+TASK_CONF = Path(__file__).resolve().parents[2] / "conf" / "task"
+
+
+@cache
+def _task_target_codes(cohort: str) -> TargetCodes:
+    return TargetCodes(icd9=yaml.safe_load((TASK_CONF / f"{cohort}.yaml").read_text())["target_codes"]["icd9"])
+
+
+def task_cohort_mask(codes: pd.Series, cohort: str) -> np.ndarray:
+    """Which undotted ICD-9 codes the risk task counts as `cohort`'s disease: its
+    conf/task/<cohort>.yaml list, matched as the task matches canonical codes. The tests judge
+    the generator's output by this, the definition a run uses, not by the generator's own lists."""
+    canonical = diagnosis_code(9, "") + normalize_icd9_diagnosis(codes.astype("str"))
+    return _task_target_codes(cohort).matches(canonical)
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +246,33 @@ def test_demographics_are_mimic_like(tables):
 def test_emitted_target_codes_belong_to_exactly_their_own_cohort():
     for cohort, codes in COHORT_EMITTED_CODES.items():
         codes = pd.Series(list(codes))
-        assert cohort_code_mask(codes, cohort).all()
+        assert task_cohort_mask(codes, cohort).all()
         for other in COHORTS:
             if other != cohort:
-                assert not cohort_code_mask(codes, other).any()
+                assert not task_cohort_mask(codes, other).any()
+
+
+def test_the_generators_cohort_membership_is_the_tasks_on_every_code_it_can_write():
+    """The generator decides membership by its own emitted-code lists (it reads no conf/ at run
+    time); over every code it can write (free leaves, risk-factor and cohort codes) that must
+    be exactly the membership the task's definition gives."""
+    writable = set(free_leaves()["code"])
+    writable |= {code for spec in RISK_FACTOR_MODEL.values() for code in spec["codes"]}
+    writable |= {code for codes in COHORT_EMITTED_CODES.values() for code in codes}
+    codes = pd.Series(sorted(writable))
+    assert len(codes) > 10_000  # the whole usable ICD-9 leaf set, not a sample
+    for cohort in COHORTS:
+        in_task = task_cohort_mask(codes, cohort)
+        in_generator = cohort_code_mask(codes, cohort).to_numpy()
+        assert (in_task == in_generator).all(), codes[in_task != in_generator].tolist()
+        assert set(codes[in_task]) == set(COHORT_EMITTED_CODES[cohort])
+
+
+def test_generation_reads_no_task_configuration(monkeypatch, tmp_path):
+    """An installed package has no conf/: generating and writing must not need it."""
+    monkeypatch.setattr(ehrlab.config, "CONFIG_DIR", tmp_path / "no-conf-here")
+    out_dir = write_synthetic_mimic3(tmp_path / "mimic3", SyntheticConfig(n_patients=80, seed=5))
+    assert "heart_failure_cases" in (out_dir / "README.md").read_text()
 
 
 def test_planted_risk_is_higher_for_cases(tables, written):
@@ -238,7 +285,7 @@ def test_planted_risk_is_higher_for_cases(tables, written):
     planted = tables.planted_risk.pivot(index="subject_id", columns="cohort", values="risk")
     for cohort in COHORTS:
         diagnoses = tables.diagnoses
-        cases = set(diagnoses.loc[cohort_code_mask(diagnoses["ICD9_CODE"], cohort), "SUBJECT_ID"])
+        cases = set(diagnoses.loc[task_cohort_mask(diagnoses["ICD9_CODE"], cohort), "SUBJECT_ID"])
         is_case = planted.index.isin(cases)
         assert planted.loc[is_case, cohort].mean() > 1.5 * planted.loc[~is_case, cohort].mean()
         assert roc_auc_score(is_case, planted[cohort]) > 0.7
@@ -250,7 +297,7 @@ def test_heart_failure_is_learnable_from_history_before_onset(tables):
     assert stats["heart_failure_cases_with_prior_visit"] >= 150  # the brief's default target
 
     diagnoses = tables.diagnoses.assign(rank=tables.diagnoses["HADM_ID"].map(_visit_ranks(tables.admissions)))
-    is_hf = cohort_code_mask(diagnoses["ICD9_CODE"], "heart_failure")
+    is_hf = task_cohort_mask(diagnoses["ICD9_CODE"], "heart_failure")
     onset = diagnoses.loc[is_hf].groupby("SUBJECT_ID")["rank"].min()
     last = tables.admissions.groupby("SUBJECT_ID").size() - 1
     cutoff = last.copy()
@@ -272,15 +319,20 @@ def test_heart_failure_is_learnable_from_history_before_onset(tables):
 
 
 # ------------------------------------------------------------------ user errors
-@pytest.mark.parametrize("change, fragment", [
-    ({"n_codes": 100_000}, "data.n_codes"),
-    ({"cohort_prevalence": {"heart_failure": 0.1}}, "data.cohort_prevalence"),
-    ({"mean_visits_per_patient": 0.5}, "data.mean_visits_per_patient"),
-    ({"n_phenotypes": 0}, "data.n_phenotypes"),
+@pytest.mark.parametrize("change, option", [
+    ({"n_patients": 0}, "data.source.n_patients"),
+    ({"n_codes": 100_000}, "data.source.n_codes"),
+    ({"cohort_prevalence": {"heart_failure": 0.1}}, "data.source.cohort_prevalence"),
+    ({"cohort_prevalence": {"heart_failure": 1.0, "copd": 0.1, "ckd": 0.1, "dementia": 0.1}},
+     "data.source.cohort_prevalence.heart_failure"),
+    ({"mean_visits_per_patient": 0.5}, "data.source.mean_visits_per_patient"),
+    ({"mean_codes_per_visit": 0.5}, "data.source.mean_codes_per_visit"),
+    ({"n_phenotypes": 0}, "data.source.n_phenotypes"),
 ])
-def test_bad_configs_raise_a_user_error_naming_the_option(change, fragment):
-    with pytest.raises(UserInputError, match=fragment):
-        generate_synthetic_mimic3(SyntheticConfig(n_patients=50, **change))
+def test_bad_configs_raise_a_user_error_naming_the_option(change, option):
+    """Named by the Hydra key a user sets (data=synthetic's options live under data.source)."""
+    with pytest.raises(UserInputError, match=rf"^{re.escape(option)}\b"):
+        generate_synthetic_mimic3(SyntheticConfig(**{"n_patients": 50, **change}))
 
 
 def test_missing_planted_risk_is_a_user_error(tmp_path):

@@ -3,13 +3,13 @@
 It writes a MIMIC-III-format folder with the seeded generator of `ehrlab.data.synthetic`
 and then reads it with the real `mimic3` reader, so the default run exercises exactly the
 code path a user's MIMIC-III copy goes through. The folder is kept in the cache, keyed by
-the generator's options and its source code, so it is generated once.
+the generator's options and the source code of every module of its package, so it is
+generated once and again whenever any part of the generator changes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +19,16 @@ from ehrlab.data import synthetic
 from ehrlab.data.cache import default_cache_dir, staged_folder
 from ehrlab.data.sources.base import CanonicalTables, Source
 from ehrlab.data.sources.mimic3 import MIMIC3Source
+
+
+def generator_fingerprint(package_dir: Path | None = None) -> str:
+    """Digest of the generator's source: every ``*.py`` of its package (names and bytes, in
+    sorted order), so an edit to any of its modules gives a new cache key."""
+    package_dir = Path(package_dir or Path(synthetic.__file__).parent)
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 class SyntheticSource(Source):
@@ -32,8 +42,7 @@ class SyntheticSource(Source):
         self.cache_dir = Path(cache_dir or default_cache_dir())
 
     def cache_identity(self) -> dict:
-        generator_code = hashlib.sha256(inspect.getsource(synthetic).encode()).hexdigest()[:12]
-        return {"config": asdict(self.config), "generator": generator_code}
+        return {"config": asdict(self.config), "generator": generator_fingerprint()}
 
     @property
     def root(self) -> Path:
