@@ -24,8 +24,9 @@ present, is returned as `CanonicalTables.splits` so the pipeline can honour it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 import operator
+from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import reduce
 from pathlib import Path
 
@@ -113,10 +114,8 @@ class MEDSSource(Source):
 
     def _read_file(self, path: Path) -> pa.Table:
         """One shard's selected and static rows, cast to the canonical column types."""
-        try:
+        with _readable_parquet(path):
             names = pq.ParquetFile(path).schema_arrow.names
-        except (pa.ArrowInvalid, OSError) as error:
-            raise UserInputError(f"{path}: not a readable Parquet file ({error}).") from None
         missing = [c for c in ("subject_id", "time", "code") if c not in names]
         if missing:
             raise UserInputError(
@@ -130,7 +129,8 @@ class MEDSSource(Source):
             pc.starts_with(field, pattern=GENDER_PREFIX),
             pc.starts_with(field, pattern=RACE_PREFIX),
         ]
-        table = pq.read_table(path, columns=columns, filters=reduce(operator.or_, wanted))
+        with _readable_parquet(path):
+            table = pq.read_table(path, columns=columns, filters=reduce(operator.or_, wanted))
         if "numeric_value" not in columns:
             table = table.append_column("numeric_value", pa.nulls(len(table), pa.float32()))
         target = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")),
@@ -146,7 +146,8 @@ class MEDSSource(Source):
     def _read_splits(self) -> pd.DataFrame | None:
         if self.splits_path is None:
             return None
-        splits = pq.read_table(self.splits_path).to_pandas()
+        with _readable_parquet(self.splits_path):
+            splits = pq.read_table(self.splits_path).to_pandas()
         missing = [c for c in ("subject_id", "split") if c not in splits]
         if missing:
             raise UserInputError(
@@ -156,6 +157,22 @@ class MEDSSource(Source):
         log.info("meds: honouring %s (%s)", self.splits_path,
                  ", ".join(f"{k}: {v}" for k, v in splits["split"].value_counts().items()))
         return splits.reset_index(drop=True)
+
+
+@contextmanager
+def _readable_parquet(path: Path):
+    """Turn pyarrow's errors on a damaged Parquet file into one message naming the file.
+
+    A truncated file lacks its footer and fails when opened; a damaged data page fails when
+    read (a decompression or decoding error), so both the opening and the reading go here.
+    """
+    try:
+        yield
+    except (pa.ArrowInvalid, OSError) as error:
+        raise UserInputError(
+            f"{path}: not a readable Parquet file ({error}): the file looks truncated or corrupt "
+            f"(re-download or re-export it)."
+        ) from None
 
 
 def dotted_icd_codes(codes: pd.Series) -> pd.Series:

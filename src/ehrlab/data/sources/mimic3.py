@@ -15,16 +15,19 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from ehrlab.data import schema
 from ehrlab.data.codes import normalize_icd9_diagnosis, normalize_icd9_procedure
 from ehrlab.data.sources.base import CanonicalTables, Source, file_fingerprints
-from ehrlab.data.sources.tables import check_root, locate_tables, read_table
+from ehrlab.data.sources.tables import check_on_bad_lines, check_root, locate_tables, read_table
 
 log = logging.getLogger(__name__)
 
 REQUIRED_TABLES = {"patients": "PATIENTS", "admissions": "ADMISSIONS", "diagnoses": "DIAGNOSES_ICD"}
 OPTIONAL_TABLES = {"procedures": "PROCEDURES_ICD", "prescriptions": "PRESCRIPTIONS"}
+INT, STR = pa.int64(), pa.string()
+ICD_ROWS = {"subject_id": INT, "hadm_id": INT, "seq_num": INT, "icd9_code": STR}
 
 
 class MIMIC3Source(Source):
@@ -35,14 +38,19 @@ class MIMIC3Source(Source):
         tables: event tables to read besides admissions: "diagnoses" (always read, it
             defines the cohort codes), "procedures", "prescriptions".
         truncate_icd: keep only the 3-character ICD category (off: full granularity).
+        on_bad_lines: "error" (default) stops at a row whose number of fields differs from
+            the header's, as a file cut mid-line ends with; "skip" drops such rows, with a
+            warning and a count per file (see `tables.read_csv`).
     """
 
     name = "mimic3"
 
-    def __init__(self, root: str | Path | None, tables: list[str] = ("diagnoses",), truncate_icd: bool = False):
+    def __init__(self, root: str | Path | None, tables: list[str] = ("diagnoses",), truncate_icd: bool = False,
+                 on_bad_lines: str = "error"):
         self.root = check_root(root, self.name)
         self.tables = sorted(set(tables) | {"diagnoses"})
         self.truncate_icd = truncate_icd
+        self.on_bad_lines = check_on_bad_lines(on_bad_lines)
         self.paths, _ = locate_tables(self.root, self.name, REQUIRED_TABLES, OPTIONAL_TABLES, self.tables)
 
     def cache_identity(self) -> dict:
@@ -50,16 +58,18 @@ class MIMIC3Source(Source):
             "files": file_fingerprints(list(self.paths.values())),
             "tables": self.tables,
             "truncate_icd": self.truncate_icd,
+            "on_bad_lines": self.on_bad_lines,
         }
 
     def read(self) -> CanonicalTables:
         counts: dict[str, int] = {}
-        patients = read_table(self.paths["patients"], ["subject_id", "gender", "dob"],
-                              dtype={"gender": "str"}, dates=["dob"])
-        admissions = read_table(
+        patients = self._read(self.paths["patients"], {"subject_id": INT, "gender": STR, "dob": STR}, counts,
+                              dates=["dob"])
+        admissions = self._read(
             self.paths["admissions"],
-            ["subject_id", "hadm_id", "admittime", "dischtime", "admission_type", "ethnicity"],
-            dtype={"admission_type": "str", "ethnicity": "str"},
+            {"subject_id": INT, "hadm_id": INT, "admittime": STR, "dischtime": STR, "admission_type": STR,
+             "ethnicity": STR},
+            counts,
             dates=["admittime", "dischtime"],
             required=["subject_id", "hadm_id", "admittime", "dischtime"],
         )
@@ -68,14 +78,12 @@ class MIMIC3Source(Source):
         admissions = admissions.loc[known_subject]
 
         events = [self._admission_events(admissions)]
-        diagnoses = read_table(self.paths["diagnoses"], ["subject_id", "hadm_id", "seq_num", "icd9_code"],
-                               dtype={"icd9_code": "str"})
+        diagnoses = self._read(self.paths["diagnoses"], ICD_ROWS, counts)
         events.append(self._coded_events(diagnoses, admissions, "diagnoses", counts,
                                          lambda c: normalize_icd9_diagnosis(c, truncate=self.truncate_icd),
                                          schema.DIAGNOSIS_PREFIX + "9//"))
         if "procedures" in self.paths:
-            procedures = read_table(self.paths["procedures"], ["subject_id", "hadm_id", "seq_num", "icd9_code"],
-                                    dtype={"icd9_code": "str"})
+            procedures = self._read(self.paths["procedures"], ICD_ROWS, counts)
             events.append(self._coded_events(procedures, admissions, "procedures", counts,
                                              lambda c: normalize_icd9_procedure(c, truncate=self.truncate_icd),
                                              schema.PROCEDURE_PREFIX + "9//"))
@@ -90,6 +98,9 @@ class MIMIC3Source(Source):
             static=schema.conform_static(static),
             counts=counts,
         )
+
+    def _read(self, path: Path, columns: dict[str, pa.DataType], counts: dict[str, int], **options) -> pd.DataFrame:
+        return read_table(path, columns, on_bad_lines=self.on_bad_lines, counts=counts, **options)
 
     @staticmethod
     def _admission_events(admissions: pd.DataFrame) -> pd.DataFrame:
@@ -120,8 +131,8 @@ class MIMIC3Source(Source):
         })
 
     def _prescription_events(self, admissions, counts) -> pd.DataFrame:
-        rows = read_table(self.paths["prescriptions"], ["subject_id", "hadm_id", "startdate", "drug"],
-                          dtype={"drug": "str"}, dates=["startdate"])
+        rows = self._read(self.paths["prescriptions"], {"subject_id": INT, "hadm_id": INT, "startdate": STR,
+                                                        "drug": STR}, counts, dates=["startdate"])
         keep = rows["hadm_id"].isin(admissions["hadm_id"]) & rows["drug"].notna() & rows["startdate"].notna()
         counts["prescriptions_dropped_unknown_admission_or_missing_drug_or_date"] = int((~keep).sum())
         rows = rows.loc[keep]

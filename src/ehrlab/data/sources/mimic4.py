@@ -41,8 +41,6 @@ subjects/admissions block by block, so the whole file is never held in memory.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,20 +50,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from ehrlab.data import schema
 from ehrlab.data.codes import normalize_diagnosis, normalize_procedure
 from ehrlab.data.sources.base import CanonicalTables, Source, file_fingerprints
-from ehrlab.data.sources.tables import check_root, locate_tables, read_table
+from ehrlab.data.sources.tables import check_on_bad_lines, check_root, locate_tables, read_csv, read_table
 from ehrlab.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_UNIT = "UNK"
-# Streaming block size: ~40k rows of labevents, so per-block Python overhead is negligible;
-# on 10x the demo's labevents, 4 MB blocks peaked at ~110 MiB where 16 MB blocks took ~210.
-_BLOCK_BYTES = 4 << 20
+INT, FLOAT, STR = pa.int64(), pa.float64(), pa.string()
 
 
 @dataclass(frozen=True)
@@ -111,6 +106,9 @@ class MIMIC4Source(Source):
         lab_itemids: read only these labevents itemids (default: all).
         chart_itemids: read only these chartevents itemids (default: all; the full table has
             ~313 M rows, so selecting items is strongly advised).
+        on_bad_lines: "error" (default) stops at a row whose number of fields differs from
+            the header's, as a file cut mid-line ends with; "skip" drops such rows, with a
+            warning and a count per file (see `tables.read_csv`).
     """
 
     name = "mimic4"
@@ -122,6 +120,7 @@ class MIMIC4Source(Source):
         truncate_icd: bool = False,
         lab_itemids: Sequence[int] | None = None,
         chart_itemids: Sequence[int] | None = None,
+        on_bad_lines: str = "error",
     ):
         self.root = check_root(root, self.name)
         tables = [tables] if isinstance(tables, str) else list(tables)
@@ -131,6 +130,7 @@ class MIMIC4Source(Source):
             "labevents": _itemid_list(lab_itemids, "lab_itemids"),
             "chartevents": _itemid_list(chart_itemids, "chart_itemids"),
         }
+        self.on_bad_lines = check_on_bad_lines(on_bad_lines)
         self.paths, self.missing_tables = locate_tables(self.root, self.name, REQUIRED_TABLES, OPTIONAL_TABLES,
                                                         self.tables)
 
@@ -140,6 +140,7 @@ class MIMIC4Source(Source):
             "tables": self.tables,
             "truncate_icd": self.truncate_icd,
             "itemids": self.itemids,
+            "on_bad_lines": self.on_bad_lines,
         }
 
     def read(self) -> CanonicalTables:
@@ -157,7 +158,8 @@ class MIMIC4Source(Source):
                 events.append(self._item_events(table, spec, patients, admissions, counts))
 
         for reason, n in counts.items():
-            if n and not reason.endswith("_table_missing") and not reason.endswith("_itemid_not_selected"):
+            # Missing tables, unselected items and skipped bad lines are reported where they arise.
+            if n and not reason.endswith(("_table_missing", "_itemid_not_selected", "_bad_lines_skipped")):
                 log.warning("mimic4: dropped %d rows (%s)", n, reason)
         static = patients.copy()
         static["race"] = static["subject_id"].map(_most_frequent_race(admissions))
@@ -168,12 +170,28 @@ class MIMIC4Source(Source):
             counts=counts,
         )
 
+    # -- reading -----------------------------------------------------------------------------
+
+    def _read(self, path: Path, columns: dict[str, pa.DataType], counts: dict[str, int], **options) -> pd.DataFrame:
+        return read_table(path, columns, on_bad_lines=self.on_bad_lines, counts=counts, **options)
+
+    def _stream(self, table: str, columns: dict[str, pa.DataType], counts: dict[str, int], *, times: list[str],
+                select: Callable) -> pa.Table:
+        """A large table's `columns`, streamed block by block, keeping what `select(batch)` returns.
+
+        `times` are parsed as timestamps (microseconds) in each block; an unparsable one is an
+        error naming the file and column, never a silent null.
+        """
+        path = self.paths[table]
+        return read_csv(path, columns, select=lambda batch: _parse_times(select(batch), times, path),
+                        on_bad_lines=self.on_bad_lines, counts=counts)
+
     # -- required tables -------------------------------------------------------------------
 
     def _read_patients(self, counts: dict[str, int]) -> pd.DataFrame:
         """subject_id, gender and the birth date implied by anchor_year - anchor_age."""
         path = self.paths["patients"]
-        patients = read_table(path, ["subject_id", "gender", "anchor_age", "anchor_year"], dtype={"gender": "str"})
+        patients = self._read(path, {"subject_id": INT, "gender": STR, "anchor_age": INT, "anchor_year": INT}, counts)
         birth_year = patients["anchor_year"] - patients["anchor_age"]
         counts["patients_missing_anchor"] = int(birth_year.isna().sum())
         # Offsets from 1970 in whole years are 1 January of each birth year.
@@ -192,10 +210,11 @@ class MIMIC4Source(Source):
 
         MIMIC-IV v1 called the race column `ethnicity`; either is accepted.
         """
-        admissions = read_table(
+        admissions = self._read(
             self.paths["admissions"],
-            ["subject_id", "hadm_id", "admittime", "dischtime", "admission_type", "race", "ethnicity"],
-            dtype={"admission_type": "str", "race": "str", "ethnicity": "str"},
+            {"subject_id": INT, "hadm_id": INT, "admittime": STR, "dischtime": STR, "admission_type": STR,
+             "race": STR, "ethnicity": STR},
+            counts,
             dates=["admittime", "dischtime"],
             required=["subject_id", "hadm_id", "admittime", "dischtime", "admission_type"],
         )
@@ -211,10 +230,10 @@ class MIMIC4Source(Source):
     def _icd_events(self, table: str, admissions: pd.DataFrame, counts: dict[str, int]) -> pd.DataFrame:
         """Diagnoses (at dischtime) or procedures (at chartdate, else dischtime), dotted codes."""
         path = self.paths[table]
-        columns = ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]
+        columns = {"subject_id": INT, "hadm_id": INT, "seq_num": INT, "icd_code": STR, "icd_version": INT}
         if table == "procedures":
-            columns.append("chartdate")
-        rows = read_table(path, columns, dtype={"icd_code": "str"}, dates=["chartdate"] if table == "procedures" else [])
+            columns["chartdate"] = STR
+        rows = self._read(path, columns, counts, dates=["chartdate"] if table == "procedures" else [])
         missing_code = rows["icd_code"].isna() | (rows["icd_code"].str.strip() == "") | rows["icd_version"].isna()
         counts[f"{table}_missing_code"] = int(missing_code.sum())
         rows = rows.loc[~missing_code]
@@ -242,9 +261,10 @@ class MIMIC4Source(Source):
         })
 
     def _prescription_events(self, patients, admissions, counts) -> pd.DataFrame:
-        table = _stream_csv(
-            self.paths["prescriptions"],
-            {"subject_id": pa.int64(), "hadm_id": pa.int64(), "starttime": pa.string(), "drug": pa.string()},
+        table = self._stream(
+            "prescriptions",
+            {"subject_id": INT, "hadm_id": INT, "starttime": STR, "drug": STR},
+            counts,
             times=["starttime"],
             select=_known_rows("prescriptions", patients, admissions, counts, time="starttime",
                                code="drug", visit_nullable=False),
@@ -253,11 +273,11 @@ class MIMIC4Source(Source):
         return _to_frame(table["subject_id"], table["starttime"], code, None, table["hadm_id"])
 
     def _item_events(self, table: str, spec: ItemTable, patients, admissions, counts) -> pd.DataFrame:
-        columns = {"subject_id": pa.int64(), "hadm_id": pa.int64(), "itemid": pa.int64(), spec.time: pa.string()}
+        columns = {"subject_id": INT, "hadm_id": INT, "itemid": INT, spec.time: STR}
         if spec.value:
-            columns[spec.value] = pa.float64()
+            columns[spec.value] = FLOAT
         if spec.unit:
-            columns[spec.unit] = pa.string()
+            columns[spec.unit] = STR
         selected = self.itemids.get(table)
         known = _known_rows(table, patients, admissions, counts, time=spec.time, code="itemid",
                             visit_nullable=spec.visit_nullable)
@@ -274,7 +294,7 @@ class MIMIC4Source(Source):
                 counts[f"{table}_itemid_not_selected"] += len(batch) - len(chosen)
                 return known(chosen)
 
-        rows = _stream_csv(self.paths[table], columns, times=[spec.time], select=select)
+        rows = self._stream(table, columns, counts, times=[spec.time], select=select)
         parts = [spec.code_prefix, pc.cast(rows["itemid"], pa.string())]
         if spec.unit:
             parts.append(pc.fill_null(pc.utf8_trim_whitespace(rows[spec.unit]), UNKNOWN_UNIT))
@@ -344,49 +364,6 @@ def _known_rows(table, patients, admissions, counts, *, time, code, visit_nullab
         return batch.filter(kept)
 
     return select
-
-
-def _csv_header(path: Path) -> list[str]:
-    """The header row of a (possibly gzipped) CSV, as written (any letter case)."""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        head = b""
-        while b"\n" not in head:
-            chunk = stream.read(1 << 16)
-            if not chunk:
-                break
-            head += chunk
-    line = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
-    return next(csv.reader(io.StringIO(line)), [])
-
-
-def _stream_csv(path: Path, columns: dict[str, pa.DataType], *, times: list[str], select: Callable) -> pa.Table:
-    """Read `columns` of a large CSV block by block, keeping what `select(batch)` returns.
-
-    The header may be in either letter case; columns come back lowercase. `times` are
-    parsed as timestamps (microseconds); an unparsable one is an error naming the file and
-    column, never a silent null.
-    """
-    header = _csv_header(path)
-    lowered = [name.lower() for name in header]
-    missing = [c for c in columns if c not in lowered]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header)}.")
-    kept = []
-    try:
-        reader = pa_csv.open_csv(
-            pa.input_stream(str(path), compression="detect"),
-            read_options=pa_csv.ReadOptions(column_names=lowered, skip_rows=1, block_size=_BLOCK_BYTES),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=list(columns), column_types=columns, strings_can_be_null=True
-            ),
-        )
-        for batch in reader:
-            kept.append(_parse_times(select(batch), times, path))
-    except pa.ArrowInvalid as error:
-        expected = ", ".join(f"{c} ({t})" for c, t in columns.items())
-        raise UserInputError(f"{path}: could not read it as CSV with columns {expected}: {error}") from None
-    schema = pa.schema([(c, pa.timestamp("us") if c in times else t) for c, t in columns.items()])
-    return pa.Table.from_batches(kept, schema=schema) if kept else schema.empty_table()
 
 
 def _parse_times(batch: pa.RecordBatch, times: list[str], path: Path) -> pa.RecordBatch:
