@@ -1,11 +1,17 @@
-"""Binary risk metrics against hand-computed values."""
+"""Binary classification metrics (ehrlab.metrics) against hand-computed values, and the
+import layering that keeps one implementation of each."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ehrlab.evaluation.prediction import METRIC_NAMES, binary_classification_metrics
+from ehrlab import metrics as metrics_module
+from ehrlab.evaluation import prediction
+from ehrlab.metrics import METRIC_NAMES, binary_classification_metrics
 
 # Four patients, scores sorted descending: 0.8 (+), 0.4 (−), 0.35 (+), 0.1 (−).
 LABELS = np.array([0, 0, 1, 1])
@@ -88,3 +94,50 @@ def test_pr_and_roc_curve_plot(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000
     assert not plot_pr_and_roc_curves(np.ones(4), np.full(4, 0.5), tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_single_metrics_are_the_ones_the_summary_reports():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    scores = np.clip(labels * 0.2 + rng.random(200) * 0.8, 0, 1)
+    predictions = (scores > 0.5).astype(int)
+    summary = binary_classification_metrics(labels, scores)
+    assert metrics_module.roc_auc(labels, scores) == summary["roc_auc"]
+    assert metrics_module.pr_auc_trapezoid(labels, scores) == summary["pr_auc"]
+    assert metrics_module.average_precision(labels, scores) == summary["average_precision"]
+    assert metrics_module.f1(labels, predictions) == summary["f1"]
+    assert metrics_module.cohen_kappa(labels, predictions) == summary["kappa"]
+    # ROC-AUC with ties counts them one half (the Mann-Whitney statistic).
+    assert metrics_module.roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.2, 0.9])) == pytest.approx(7 / 8)
+    with pytest.warns(RuntimeWarning, match="one class"):
+        assert math.isnan(metrics_module.roc_auc(np.ones(3), np.array([0.1, 0.2, 0.3])))
+
+
+def test_the_evaluation_module_reuses_the_one_implementation():
+    assert prediction.binary_classification_metrics is metrics_module.binary_classification_metrics
+    assert prediction.METRIC_NAMES is metrics_module.METRIC_NAMES
+
+
+def test_data_tasks_import_neither_models_nor_evaluation():
+    """Building a risk cohort with the synthetic source's planted ceiling (which scores the
+    test split) must load nothing from ehrlab.evaluation or ehrlab.models (issue 16)."""
+    script = f"""
+import sys
+import numpy as np, pandas as pd
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from support import MIMIC3_TINY
+from ehrlab.data.sources.mimic3 import MIMIC3Source
+from ehrlab.data.tasks.risk import RiskTask
+from ehrlab.data.tasks.generation import GenerationTask
+from ehrlab.data.datamodules import EHRDataModule
+tables = MIMIC3Source(MIMIC3_TINY).read()
+subjects = tables.static["subject_id"].to_numpy()
+planted = pd.DataFrame({{"subject_id": subjects, "cohort": "heart_failure", "risk": np.linspace(0, 1, len(subjects))}})
+task = RiskTask("heart_failure", {{"icd9": ["398.91", "428*"]}}, controls_per_case=None, split=[0.4, 0.2, 0.4])
+assert "planted_ceiling" in task.build(tables, seed=0, planted_risk=planted).stats
+GenerationTask(split=[0.4, 0.2, 0.4]).build(tables, seed=0)
+loaded = sorted(m for m in sys.modules if m.startswith(("ehrlab.evaluation", "ehrlab.models")))
+assert not loaded, loaded
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,7 +1,8 @@
 """LightningDataModules: TaskData in, padded tensor batches out.
 
 The batch contract every model relies on (B patients, V visits, C codes per visit):
-- `codes` int64 [B, V, C]: code ids, 0 = padding; visits in time order, left-aligned.
+- `codes` int64 [B, V, C]: code ids, 0 = padding, 1 = `[UNK]` (a validation or test code
+  the training split lacks); visits in time order, left-aligned.
 - `visit_mask` bool [B, V]; `n_visits` int64 [B].
 - `time_delta` float32 [B, V]: days since the previous visit (0 for the first and padding).
 - `time_to_end` float32 [B, V]: days from the visit to the last input visit (0 for padding).
@@ -100,6 +101,7 @@ class EHRDataModule(pl.LightningDataModule):
 
     @property
     def code_frequencies(self) -> np.ndarray:
+        """Training-split visits per code id (never the held-out splits'); see TaskData."""
         return self.task_data.code_frequencies()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

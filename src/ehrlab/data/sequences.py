@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ehrlab.data.schema import UNKNOWN_CODE
+
 
 def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of `arange(s, s + n)` for each (s, n), without a Python loop."""
@@ -72,17 +74,27 @@ class PatientSequences:
             label=self.label[patients],
         )
 
-    def to_long_table(self, vocabulary: list[str]) -> pd.DataFrame:
+    def to_long_table(self, vocabulary: list[str], keep_unknown: bool = False) -> pd.DataFrame:
         """The long format (`subject_id, visit_id, code`) the synthetic-EHR evaluation reads;
-        visit_id is the 0-based visit index within the patient."""
+        visit_id is the 0-based visit index within the patient.
+
+        Rows of `[UNK]` (held-out codes the training split never shows) are left out unless
+        `keep_unknown`: one merged pseudo-code would distort the per-code prevalence and the
+        distances the evaluation computes, and no generator can emit it. A visit made only of
+        such codes thus has no row, as the evaluation treats a visit of missing codes; its
+        visit_id stays a gap (the evaluation orders visits by visit_id and renumbers them).
+        """
         patient_of_visit = np.repeat(np.arange(self.n_patients), self.visits_per_patient())
         visit_index = np.arange(self.n_visits) - self.visit_offsets[patient_of_visit]
         visit_of_code = np.repeat(np.arange(self.n_visits), self.codes_per_visit())
-        return pd.DataFrame({
+        table = pd.DataFrame({
             "subject_id": self.subject_id[patient_of_visit[visit_of_code]],
             "visit_id": visit_index[visit_of_code].astype(np.int64),
             "code": np.asarray(vocabulary, dtype=object)[self.codes].astype("str"),
         })
+        if keep_unknown:
+            return table
+        return table.loc[table["code"] != UNKNOWN_CODE].reset_index(drop=True)
 
     def save(self, path: Path) -> None:
         np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})

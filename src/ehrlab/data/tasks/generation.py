@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
-from ehrlab.data.sequences import build_sequences
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.tasks.base import (
-    Task, TaskData, demographics, encode_codes, sequence_stats, split_patients, truncate_codes_per_visit,
-    visit_codes, visit_rank,
+    Task, TaskData, demographics, sequence_stats, split_and_encode, truncate_codes_per_visit, visit_codes,
 )
 from ehrlab.errors import UserInputError
 
@@ -26,8 +23,11 @@ class GenerationTask(Task):
     """Args:
         code_prefixes: which canonical codes make up a visit (default: diagnoses).
         min_visits: patients with fewer visits holding a selected code are dropped (counted).
-        max_visits: keep a patient's first `max_visits` visits (HALO's context holds 45
-            visits after its start, label and end rows); None keeps all.
+        max_visits: keep at most this many visits per patient; None keeps all. HALO refuses
+            a patient longer than its context (`HALO.max_visits`, derived in halo.py), so
+            `experiment=halo_mimic3` sets it to that.
+        keep_visits: which visits `max_visits` keeps, "first" (default: a record is generated
+            from its start) or "last".
         max_codes_per_visit: keep each visit's first codes in the source's order; None: all.
         split: train/val/test fractions of patients (seed 002's HALO: 80/20 with 10% of
             train for validation ≈ 0.72/0.08/0.20; default 0.8/0.1/0.1).
@@ -36,9 +36,9 @@ class GenerationTask(Task):
     kind = "generation"
 
     def __init__(self, name: str = "generation", code_prefixes: list[str] = ("DIAGNOSIS//",), min_visits: int = 1,
-                 max_visits: int | None = None, max_codes_per_visit: int | None = None,
+                 max_visits: int | None = None, keep_visits: str = "first", max_codes_per_visit: int | None = None,
                  split: list[float] = (0.8, 0.1, 0.1)):
-        super().__init__(name, code_prefixes, split, max_visits, max_codes_per_visit)
+        super().__init__(name, code_prefixes, split, max_visits, keep_visits, max_codes_per_visit)
         self.min_visits = min_visits
 
     def build(self, tables: CanonicalTables, seed: int, planted_risk: pd.DataFrame | None = None) -> TaskData:
@@ -51,11 +51,7 @@ class GenerationTask(Task):
         too_short = n_visits.index[n_visits < self.min_visits]
         dropped["patients_below_min_visits"] = int(len(too_short))
         rows = rows.loc[~rows["subject_id"].isin(too_short)]
-        if self.max_visits is not None:
-            rank = visit_rank(rows)
-            dropped["visits_beyond_max_visits"] = int(rows.loc[rank.to_numpy() >= self.max_visits]
-                                                      .drop_duplicates(["subject_id", "visit_key"]).shape[0])
-            rows = rows.loc[rank.to_numpy() < self.max_visits]
+        rows = self.truncate_visits(rows, dropped)
         if rows.empty:
             raise UserInputError(
                 f"task=generation: no patient has {self.min_visits}+ visits with codes starting with "
@@ -64,16 +60,9 @@ class GenerationTask(Task):
             if count:
                 log.info("generation task: %s = %d", reason, count)
 
-        vocabulary, rows = encode_codes(rows)
         subjects = rows["subject_id"].unique()
         last_visit = rows.groupby("subject_id")["visit_time"].max()
         patients = demographics(tables, subjects, last_visit).assign(label=-1)
-        sequences = build_sequences(rows, patients)
-        parts = split_patients(np.zeros(sequences.n_patients), self.split, seed, sequences.subject_id, tables.splits)
-        splits = {name: sequences.subset(index) for name, index in parts.items()}
-        stats = {
-            **sequence_stats(sequences),
-            "split_patients": {name: int(part.n_patients) for name, part in splits.items()},
-            "dropped": {**tables.counts, **dropped},
-        }
+        vocabulary, splits, unknown = split_and_encode(rows, patients, self.split, seed, tables.splits)
+        stats = {**sequence_stats(splits, rows, vocabulary), **unknown, "dropped": {**tables.counts, **dropped}}
         return TaskData(kind=self.kind, vocabulary=vocabulary, splits=splits, stats=stats)

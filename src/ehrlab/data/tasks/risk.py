@@ -20,13 +20,12 @@ import numpy as np
 import pandas as pd
 
 from ehrlab.data.schema import DIAGNOSIS_PREFIX
-from ehrlab.data.sequences import build_sequences
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.tasks.base import (
-    Task, TaskData, demographics, encode_codes, sequence_stats, split_patients, truncate_codes_per_visit,
-    visit_codes, visit_rank,
+    Task, TaskData, demographics, sequence_stats, split_and_encode, truncate_codes_per_visit, visit_codes,
 )
 from ehrlab.errors import UserInputError
+from ehrlab.metrics import binary_classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,10 @@ class RiskTask(Task):
         min_history_visits: patients with fewer input visits are dropped (counted by label).
         gap_days: input visits within this many days before the index visit are dropped too
             (a prediction gap; 0 = none).
-        max_visits: keep the last visits (the authors' code keeps the last 50; 20 on MIMIC).
+        max_visits: keep at most this many input visits per patient (the authors' code keeps
+            50; 20 on MIMIC); None keeps all.
+        keep_visits: which visits `max_visits` keeps, "last" (default, as the authors' code:
+            the visits nearest the prediction) or "first".
         max_codes_per_visit: keep each visit's first codes (the authors': 20).
         controls_per_case: matched controls per case; None keeps every control.
         match_on: any of "gender", "age_band".
@@ -81,10 +83,10 @@ class RiskTask(Task):
 
     def __init__(self, name: str, target_codes: dict, code_prefixes: list[str] = ("DIAGNOSIS//",),
                  min_history_visits: int = 1, gap_days: float = 0.0, max_visits: int | None = 50,
-                 max_codes_per_visit: int | None = None, controls_per_case: int | None = 3,
-                 match_on: list[str] = ("gender", "age_band"), age_band_years: int = 10,
-                 split: list[float] = (0.75, 0.10, 0.15)):
-        super().__init__(name, code_prefixes, split, max_visits, max_codes_per_visit)
+                 keep_visits: str = "last", max_codes_per_visit: int | None = None,
+                 controls_per_case: int | None = 3, match_on: list[str] = ("gender", "age_band"),
+                 age_band_years: int = 10, split: list[float] = (0.75, 0.10, 0.15)):
+        super().__init__(name, code_prefixes, split, max_visits, keep_visits, max_codes_per_visit)
         unknown = set(match_on) - {"gender", "age_band"}
         if unknown:
             raise UserInputError(f"task.match_on: unknown {sorted(unknown)}; valid: gender, age_band")
@@ -125,25 +127,19 @@ class RiskTask(Task):
         if (people["label"] == 0).sum() == 0:
             raise UserInputError(f"task={self.name}: no control patient (without a target code) is left to match.")
         rows = rows.loc[rows["subject_id"].isin(people["subject_id"])]
-        if self.max_visits is not None:
-            from_end = visit_rank(rows, from_end=True).to_numpy()
-            dropped["visits_beyond_max_visits"] = int(
-                rows.loc[from_end >= self.max_visits].drop_duplicates(["subject_id", "visit_key"]).shape[0])
-            rows = rows.loc[from_end < self.max_visits]
+        rows = self.truncate_visits(rows, dropped)
         for reason, count in dropped.items():
             if count:
                 log.info("%s cohort: %s = %d", self.name, reason, count)
 
-        vocabulary, rows = encode_codes(rows)
-        sequences = build_sequences(rows, people)
-        parts = split_patients(sequences.label, self.split, seed, sequences.subject_id, tables.splits)
-        splits = {name: sequences.subset(index) for name, index in parts.items()}
+        vocabulary, splits, unknown = split_and_encode(rows, people, self.split, seed, tables.splits)
+        labels = np.concatenate([part.label for part in splits.values()])
         stats = {
-            **sequence_stats(sequences),
-            "n_positive": int((sequences.label == 1).sum()),
-            "n_negative": int((sequences.label == 0).sum()),
-            "split_patients": {name: int(part.n_patients) for name, part in splits.items()},
+            **sequence_stats(splits, rows, vocabulary),
+            "n_positive": int((labels == 1).sum()),
+            "n_negative": int((labels == 0).sum()),
             "split_positive": {name: int(part.label.sum()) for name, part in splits.items()},
+            **unknown,
             "dropped": {**tables.counts, **dropped},
         }
         if planted_risk is not None:
@@ -172,8 +168,6 @@ class RiskTask(Task):
     def _planted_ceiling(self, planted_risk: pd.DataFrame, test) -> dict[str, float]:
         """How well the synthetic source's own generating model ranks the test split: the
         ceiling a learned model can approach (it sees the visits, not the latent state)."""
-        from ehrlab.evaluation.prediction import binary_classification_metrics
-
         risk = planted_risk.loc[planted_risk["cohort"] == self.name].set_index("subject_id")["risk"]
         scores = risk.reindex(test.subject_id).fillna(0.0).to_numpy()
         metrics = binary_classification_metrics(test.label, scores)
