@@ -241,9 +241,10 @@ def _compose(tmp_path: Path, name: str):
 
 
 def test_halo_config_composes_to_the_paper_size_and_small_inherits_it(tmp_path):
-    paper = _compose(tmp_path, "halo").model
+    composed = _compose(tmp_path, "halo")
+    paper = composed.model
     assert (paper.n_layer, paper.n_embd, paper.n_head, paper.n_ctx) == (12, 768, 12, 48)
-    assert paper.batch_size == 48 and paper.optimizer.lr == 1e-4
+    assert composed.data.batch_size == 48 and paper.optimizer.lr == 1e-4
     shutil.rmtree(tmp_path / "model")
     small = _compose(tmp_path, "halo_small").model
     assert small.n_ctx == 48 and small.n_layer == 2 and small.optimizer._target_ == "torch.optim.Adam"

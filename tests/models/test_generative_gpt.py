@@ -48,6 +48,15 @@ def test_tokenizer_keeps_code_ids_and_appends_the_special_tokens():
     assert model.gpt.get_input_embeddings().weight.shape[0] == 9
 
 
+def test_a_task_vocabulary_keeps_its_own_unknown_entry_as_the_tokenizer_s():
+    vocabulary = ["[PAD]", "[UNK]", *VOCABULARY[1:]]
+    tokenizer = build_code_tokenizer(vocabulary)
+    assert [tokenizer.token_to_id(t) for t in ["[UNK]", "[BOS]", "[EOS]", "[VISIT]"]] == [1, 6, 7, 8]
+    assert tokenizer.encode("DIAGNOSIS//ICD//9//999.9").ids == [1]
+    model = GPTBaseline(vocabulary, n_layer=1, n_embd=16, n_head=2, n_positions=32, max_generation_length=16)
+    assert model.gpt.config.vocab_size == 9 and 1 in model.never_sampled
+
+
 @pytest.mark.parametrize(
     "vocabulary, problem",
     [(["[PAD]", "A B"], "whitespace"), (["[PAD]", "A", "A"], "twice"), (["[PAD]", "[VISIT]"], "special")],
@@ -161,3 +170,58 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         1e-2 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(2, 8)
     ]
     assert learning_rates == pytest.approx(expected)
+
+
+def boost_logits(model: GPTBaseline, boosts: dict[int, float]):
+    """Add constants to some tokens' logits at every forward pass (a hook on the LM head)."""
+    bias = torch.zeros(model.gpt.config.vocab_size)
+    for token, value in boosts.items():
+        bias[token] = value
+    return model.gpt.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+
+
+def test_generated_records_never_hold_unknown_even_where_the_model_favours_it():
+    torch.manual_seed(0)
+    vocabulary = ["[PAD]", "[UNK]", *VOCABULARY[1:]]
+    model = GPTBaseline(vocabulary, n_layer=1, n_embd=16, n_head=2, n_positions=32, max_generation_length=16)
+    boost_logits(model, {1: 8.0})  # [UNK] near-certain without the mask
+    table = model.generate(32, seed=0, progress=False)
+    assert len(table) > 0 and "[UNK]" not in set(table["code"])
+
+
+def reference_tokens(model: GPTBaseline, n: int, seed: int) -> list[list[int]]:
+    """The sampler without a cache: the whole prefix through the model at every step."""
+    generator = torch.Generator().manual_seed(seed)
+    records, done = [[model.bos_id] for _ in range(n)], [False] * n
+    for _ in range(1, model.hparams.max_generation_length):
+        live = [i for i in range(n) if not done[i]]
+        with torch.no_grad():
+            logits = model.gpt(input_ids=torch.tensor([records[i] for i in live])).logits[:, -1].float()
+        logits[:, model.never_sampled] = float("-inf")
+        logits = filter_top_k_top_p(logits, model.hparams.top_k, model.hparams.top_p)
+        drawn = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        for i, token in zip(live, drawn.tolist()):
+            records[i].append(token)
+            done[i] = token == model.eos_id
+        if all(done):
+            break
+    return records
+
+
+def test_cached_sampler_matches_the_uncached_one_and_uses_only_the_public_cache_api(monkeypatch):
+    from transformers import DynamicCache
+
+    def internal(*args, **kwargs):
+        raise AssertionError("the sampler called a cache-internal row selection")
+
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", internal)
+    torch.manual_seed(0)
+    model = small_gpt(max_generation_length=24).eval()
+    with torch.no_grad():
+        tokens = model.sample_tokens(12, torch.Generator().manual_seed(3))
+    expected = reference_tokens(model, 12, seed=3)
+    lengths = sorted(len(record) for record in expected)
+    # Records end at varied lengths, so finished ones ride along and the cache is rebuilt.
+    assert lengths[0] < lengths[len(lengths) // 2] < lengths[-1]
+    for row, record in zip(tokens.tolist(), expected):
+        assert row[: len(record)] == record and all(t == model.pad_id for t in row[len(record):])

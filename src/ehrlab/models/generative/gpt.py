@@ -6,14 +6,16 @@ Flattening"). A Hugging Face ``GPT2LMHeadModel`` built from a ``GPT2Config`` (ne
 downloaded) learns it with the causal language-modelling loss; sampling combines top-k and
 nucleus (top-p) filtering (F.5).
 
-Token ids: the WordLevel tokenizer reuses the code ids of our vocabulary (``[PAD]`` = 0, code
-id = token id), then ``[BOS]``, ``[EOS]``, ``[VISIT]`` and ``[UNK]``. Flattening a batch is
+Token ids: the WordLevel tokenizer reuses the code ids of our vocabulary (``[PAD]`` = 0,
+``[UNK]`` = 1 in a task's vocabulary, code id = token id), then ``[BOS]``, ``[EOS]`` and
+``[VISIT]`` (and ``[UNK]`` after them for a vocabulary without one). Flattening a batch is
 therefore pure tensor work, with no string lookup; the tokenizer is what users and tests
 use to read and write the sequences as text (``save_tokenizer`` writes tokenizer.json). The
 embedding table is sized from the tokenizer's largest id, not from a count of tokens
-(REFERENCES.md: a trained WordLevel vocabulary can leave gaps). ``[UNK]`` exists because a
-WordLevel model needs one for text outside the vocabulary; like ``[PAD]`` and ``[BOS]`` it
-is never sampled.
+(REFERENCES.md: a trained WordLevel vocabulary can leave gaps). ``[UNK]`` stands for codes
+outside the vocabulary: held-out codes the training split lacks (the task maps them to it,
+seed 002 F.4) and any text the tokenizer does not know. Like ``[PAD]`` and ``[BOS]`` it is
+never sampled.
 
 Decisions where the text of F.5 lost its numbers: learning rate 5e-4 (AdamW), 5 % linear
 warm-up then cosine decay (``transformers.get_cosine_schedule_with_warmup``), top-k 50 and
@@ -22,36 +24,46 @@ Hugging Face Trainer default the authors trained with). Context 512 (F.5 "Contex
 a longer record keeps its latest visits that fit. Generation stops at ``[EOS]`` or after
 ``max_generation_length`` = 128 tokens (F.5 "Max Sequence Length"); a record cut there keeps
 the codes it has.
+
+Sampling runs its own loop (``model.generate`` would draw from the global RNG, and records
+must depend on the seed given to ``generate`` only) over the public key/value cache API: a
+``DynamicCache`` passed to the model's forward, which extends it in place.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
+from ehrlab.data.schema import UNKNOWN_CODE
 from ehrlab.models.generative.base import Generator
 
-BOS, EOS, VISIT, UNK = "[BOS]", "[EOS]", "[VISIT]", "[UNK]"
+BOS, EOS, VISIT, UNK = "[BOS]", "[EOS]", "[VISIT]", UNKNOWN_CODE
+# The forward argument that takes the key/value cache: transformers 5 renamed past_key_values
+# to cache (the old name warns, and goes in 5.40); older releases know only the old one.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
 
 
 def build_code_tokenizer(vocabulary: list[str]) -> Tokenizer:
     """WordLevel tokenizer with one atomic token per code, id = the code's vocabulary id.
 
-    ``vocabulary[0]`` is ``[PAD]``; ``[BOS]``, ``[EOS]``, ``[VISIT]``, ``[UNK]`` follow the
-    codes. Text is split on whitespace only, so a code such as ``DIAGNOSIS//ICD//9//428.0``
-    stays one token. No training text is needed: the vocabulary is given.
+    ``vocabulary[0]`` is ``[PAD]``; ``[BOS]``, ``[EOS]``, ``[VISIT]`` follow the codes, then
+    ``[UNK]`` unless the vocabulary holds it already (a task's does, at id 1). Text is split on
+    whitespace only, so a code such as ``DIAGNOSIS//ICD//9//428.0`` stays one token. No
+    training text is needed: the vocabulary is given.
     """
     bad = [code for code in vocabulary if not code or any(ch.isspace() for ch in code)]
     if bad:
         raise ValueError(f"codes must be non-empty and free of whitespace to be atomic tokens: {bad[:5]}")
     if len(set(vocabulary)) != len(vocabulary):
         raise ValueError("the vocabulary holds a code twice")
-    specials = [BOS, EOS, VISIT, UNK]
+    specials = [BOS, EOS, VISIT] + ([] if UNK in vocabulary else [UNK])
     clashing = sorted(set(specials) & set(vocabulary))
     if clashing:
         raise ValueError(f"the vocabulary already holds the special tokens {clashing}")
@@ -59,7 +71,7 @@ def build_code_tokenizer(vocabulary: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel(token_ids, unk_token=UNK))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     # Registered as special so decode(skip_special_tokens=True) drops them; ids are unchanged.
-    tokenizer.add_special_tokens([vocabulary[0], *specials])
+    tokenizer.add_special_tokens([vocabulary[0], BOS, EOS, VISIT, UNK])
     return tokenizer
 
 
@@ -203,33 +215,35 @@ class GPTBaseline(Generator):
     def sample_tokens(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Token ids [n, L] starting with ``[BOS]``; ``[PAD]`` after a patient's ``[EOS]``.
 
-        One token per step for all unfinished patients at once, reusing the attention cache;
-        a patient leaves the batch (and the cache) at its ``[EOS]``, so the stragglers do not
-        keep the whole batch busy. Stops when all have finished or at ``max_generation_length``.
+        One token per step for all unfinished patients at once, reusing the key/value cache.
+        A finished patient rides along in the cache (its outputs unused, no draws spent on
+        it) until at most half of the cached patients are unfinished; then the cache is
+        rebuilt from the unfinished ones' tokens so far, so the stragglers do not keep the
+        whole batch busy. Stops when all have finished or at ``max_generation_length``.
         """
         max_length = self.hparams.max_generation_length
         tokens = torch.full((n, max_length), self.pad_id, dtype=torch.long, device=self.device)
         tokens[:, 0] = self.bos_id
-        unfinished = torch.arange(n, device=self.device)
-        next_input, cache = tokens[:, :1], None
+        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+        cached = torch.arange(n, device=self.device)  # patients in the cache, in its row order
+        cache, next_input = DynamicCache(), tokens[:, :1]
         for position in range(1, max_length):
-            # Unfinished records all have `position` real tokens: the mask is all ones.
-            attention_mask = torch.ones(len(unfinished), position, dtype=torch.long, device=self.device)
-            output = self.gpt(input_ids=next_input, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            cache = output.past_key_values
-            logits = output.logits[:, -1].float()
+            logits = self.gpt(input_ids=next_input, use_cache=True, **{CACHE_ARGUMENT: cache}).logits[:, -1]
+            going = ~finished[cached]
+            patients, logits = cached[going], logits[going].float()
             logits[:, self.never_sampled] = float("-inf")
             logits = filter_top_k_top_p(logits, self.hparams.top_k, self.hparams.top_p)
             next_token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
-            tokens[unfinished, position] = next_token
-            going_on = next_token != self.eos_id
-            if not going_on.any():
+            tokens[patients, position] = next_token
+            finished[patients] = next_token == self.eos_id
+            n_going = int((~finished[cached]).sum())
+            if n_going == 0:
                 break
-            if not going_on.all():
-                still = going_on.nonzero().squeeze(1)
-                cache.batch_select_indices(still)
-                unfinished, next_token = unfinished[still], next_token[still]
-            next_input = next_token[:, None]
+            if 2 * n_going <= len(cached):
+                cached = cached[~finished[cached]]
+                cache, next_input = DynamicCache(), tokens[cached, : position + 1]
+            else:
+                next_input = tokens[cached, position : position + 1]
         return tokens[:, : position + 1]
 
     def decode_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,6 +26,15 @@ sits in the last visit rather than in a row of its own because that is what the 
 code (``HALO_Inpatient``, ``get_batch``: "Set the final visit to have the end token") does;
 REFERENCES.md's "end row" is read as that. The loss covers the label row and the visit rows.
 
+Context: ``n_ctx`` rows hold ``max_visits = n_ctx - 1`` visits without labels (**47** at
+F.4's n_ctx 48), ``n_ctx - 2`` with a label row (46). (The layout F.4 describes, a label row
+and an end row of its own, fits 45; the end flag riding on the last visit frees that row.)
+The generation task's ``task.max_visits`` is the one setting that truncates records: HALO
+never cuts a record itself, and refuses data with a longer patient, naming that key.
+
+Generation never emits ``[PAD]`` or ``[UNK]`` (the vocabulary's stand-in for held-out codes
+the training split lacks) nor the start flag in a generated row: their columns are masked.
+
 Decision, labels: our generation task has no CCS phenotype labels, so ``n_labels`` defaults
 to 0 and then the label row is left out altogether, as the reference's label-free variant
 does (visits start at row 1). With ``n_labels > 0`` the batch must carry ``labels``
@@ -44,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ehrlab.data.schema import UNKNOWN_CODE
+from ehrlab.errors import UserInputError
 from ehrlab.models.generative.base import Generator
 
 
@@ -187,9 +198,10 @@ class HALO(Generator):
         initializer_range: float = 0.02,
         optimizer: Any = None,
     ):
-        """``n_ctx`` rows at most per patient (start, label row if any, visits); ``n_positions``
-        rows in the position table (F.4: 48 and 56). The training batch (F.4: 48) is
-        ``data.batch_size``, which conf/model/halo.yaml sets.
+        """``n_ctx`` rows at most per patient (start, label row if any, visits: see the module
+        docstring for how many visits that is); ``n_positions`` rows in the position table
+        (F.4: 48 and 56). The training batch (F.4: 48) is ``data.batch_size``, which
+        conf/model/halo.yaml sets.
         """
         super().__init__(vocabulary, optimizer=optimizer)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
@@ -203,6 +215,9 @@ class HALO(Generator):
         self.row_width = self.vocab_size + n_labels + 2
         self.first_visit_row = 2 if n_labels else 1
         self.max_visits = n_ctx - self.first_visit_row
+        # Columns a generated row never sets (see sample_row).
+        self.never_sampled = [self.pad_column, self.start_column] + [
+            column for column, code in enumerate(self.vocabulary) if code == UNKNOWN_CODE]
         self.coarse = CoarseTransformer(
             self.row_width, n_layer, n_embd, n_head, n_positions, dropout, layer_norm_epsilon, initializer_range
         )
@@ -227,20 +242,35 @@ class HALO(Generator):
 
     # -- batch -> rows ----------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before the first step, a prepared task with a patient longer than the context."""
+        task_data = getattr(getattr(self.trainer, "datamodule", None), "task_data", None)
+        if task_data is not None:
+            self.check_visits_fit(max(int(part.visits_per_patient().max(initial=0))
+                                      for part in task_data.splits.values()))
+
+    def check_visits_fit(self, n_visits: int) -> None:
+        """UserInputError naming task.max_visits when a patient of ``n_visits`` exceeds the context."""
+        if n_visits > self.max_visits:
+            labels = " and a label row" if self.n_labels else ""
+            raise UserInputError(
+                f"HALO's context holds {self.max_visits} visits (model.n_ctx={self.hparams.n_ctx} rows: a start "
+                f"row{labels}, then one row per visit) but a patient has {n_visits}: set "
+                f"task.max_visits={self.max_visits} (task.keep_visits chooses the first or last ones), or raise "
+                f"model.n_ctx (and model.n_positions).")
+
     def rows_from_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-hot rows [B, T, row_width] and the mask [B, T-1] of rows 1.. that carry loss.
 
-        Patients with more than ``n_ctx - first_visit_row`` visits keep their last ones (as
-        the task keeps the last ``max_visits``).
+        A patient with more than ``max_visits`` visits is an error (UserInputError naming
+        task.max_visits): the task, not the model, decides which visits a record keeps.
         """
         codes, n_visits = batch["codes"], batch["n_visits"]
         n_patients = codes.shape[0]
-        kept = min(codes.shape[1], self.max_visits)
-        if codes.shape[1] > kept:
-            first_kept = (n_visits - kept).clamp(min=0)
-            visit_index = first_kept[:, None] + torch.arange(kept, device=codes.device)
-            codes = torch.gather(codes, 1, visit_index[:, :, None].expand(-1, -1, codes.shape[2]))
-            n_visits = n_visits.clamp(max=kept)
+        if codes.shape[1] > self.max_visits:  # shape first: no device sync for the usual batch
+            self.check_visits_fit(int(n_visits.max()))
+            codes = codes[:, : self.max_visits]  # padded wider than its longest patient
+        kept = codes.shape[1]
         visit_rows = torch.zeros(n_patients, kept, self.row_width, device=codes.device)
         visit_rows.scatter_(2, codes, 1.0)
         is_real = torch.arange(kept, device=codes.device)[None, :] < n_visits[:, None]
@@ -290,6 +320,7 @@ class HALO(Generator):
         active = torch.arange(n_patients, device=history.device)  # patients with columns left to draw
         while active.numel():
             probabilities = torch.sigmoid(self.fine(history[active], row[active]))
+            probabilities[:, self.never_sampled] = 0.0
             uniform = torch.rand(active.numel(), self.row_width, generator=generator, device=history.device)
             drawn = (uniform < probabilities) & (columns >= first_undecided[active, None])
             has_one = drawn.any(dim=1)
