@@ -46,3 +46,71 @@ def compose_risk_model(name: str, vocabulary: list[str], overrides=()):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
     return instantiate(cfg.model, vocabulary=vocabulary)
+
+
+# --- plain-torch references: expected values that do not call the modules under test ------
+
+
+def hand_set_lstm_backbone(backbone, seed=0) -> dict[str, torch.Tensor]:
+    """Overwrite every parameter of an ``LSTMBackbone`` with values drawn here and return
+    them by the paper's names; the padding row 0 of W_v gets non-zero garbage on purpose."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab_size, visit_dim = backbone.code_embedding.weight.shape
+    hidden_dim, time_dim = backbone.hidden_dim, backbone.time_feature.out_features
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator) * 0.7
+
+    weights = {
+        "W_v": draw(vocab_size, visit_dim), "b_v": draw(visit_dim),
+        "W_f": draw(time_dim), "b_f": draw(time_dim), "W_t": draw(visit_dim, time_dim), "b_t": draw(visit_dim),
+        "W_ih": draw(4 * hidden_dim, visit_dim), "W_hh": draw(4 * hidden_dim, hidden_dim),
+        "b_ih": draw(4 * hidden_dim), "b_hh": draw(4 * hidden_dim),
+        "W_y": draw(2, hidden_dim), "b_y": draw(2),
+    }
+    with torch.no_grad():
+        backbone.code_embedding.weight.copy_(weights["W_v"])
+        backbone.code_bias.copy_(weights["b_v"])
+        backbone.time_feature.weight.copy_(weights["W_f"][:, None])
+        backbone.time_feature.bias.copy_(weights["b_f"])
+        backbone.time_projection.weight.copy_(weights["W_t"])
+        backbone.time_projection.bias.copy_(weights["b_t"])
+        backbone.lstm.weight_ih_l0.copy_(weights["W_ih"])
+        backbone.lstm.weight_hh_l0.copy_(weights["W_hh"])
+        backbone.lstm.bias_ih_l0.copy_(weights["b_ih"])
+        backbone.lstm.bias_hh_l0.copy_(weights["b_hh"])
+        backbone.output.weight.copy_(weights["W_y"])
+        backbone.output.bias.copy_(weights["b_y"])
+    return weights
+
+
+def reference_visit_embeddings(batch, weights) -> torch.Tensor:
+    """Eq. 3.1–3.3: ``e_k = ReLU(Σ_{codes c ≠ 0 of visit k} W_v[c] + b_v)
+    + W_t (1 − tanh((W_f Δt_k/180 + b_f)²)) + b_t``."""
+    codes = batch["codes"]
+    code_sum = (weights["W_v"][codes] * (codes != 0)[..., None]).sum(dim=2)
+    code_part = torch.relu(code_sum + weights["b_v"])
+    gap = batch["time_to_end"][..., None] / 180.0
+    time_part = (1.0 - torch.tanh((gap * weights["W_f"] + weights["b_f"]) ** 2)) @ weights["W_t"].T + weights["b_t"]
+    return code_part + time_part
+
+
+def reference_lstm(inputs, weights) -> torch.Tensor:
+    """Eq. 3.4, a single-layer LSTM unrolled over visits (gate rows in PyTorch's i, f, g, o order)."""
+    n_patients, n_visits, _ = inputs.shape
+    hidden = cell = inputs.new_zeros(n_patients, weights["W_hh"].shape[1])
+    states = []
+    for k in range(n_visits):
+        gates = inputs[:, k] @ weights["W_ih"].T + weights["b_ih"] + hidden @ weights["W_hh"].T + weights["b_hh"]
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
+        states.append(hidden)
+    return torch.stack(states, dim=1)
+
+
+def reference_cross_entropy(hidden_states, batch, weights) -> torch.Tensor:
+    """Eq. 3.13 and 3.16: −log Softmax(W_y h_K + b_y)[y] at each patient's last real visit, batch mean."""
+    last = torch.stack([hidden_states[b, int(n) - 1] for b, n in enumerate(batch["n_visits"])])
+    log_probabilities = torch.log_softmax(last @ weights["W_y"].T + weights["b_y"], dim=-1)
+    return -log_probabilities[torch.arange(len(last)), batch["label"]].mean()

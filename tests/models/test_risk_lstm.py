@@ -3,8 +3,16 @@
 import lightning.pytorch as pl
 import pytest
 import torch
-from risk_batches import compose_risk_model, random_risk_batch
+from risk_batches import (
+    compose_risk_model,
+    hand_set_lstm_backbone,
+    random_risk_batch,
+    reference_cross_entropy,
+    reference_lstm,
+    reference_visit_embeddings,
+)
 
+from ehrlab.checkpoints import load_model_weights
 from ehrlab.models.risk.base import RiskPredictor, last_visit
 from ehrlab.models.risk.lstm import LSTMBackbone
 
@@ -60,14 +68,31 @@ def test_forward_shapes_and_last_visit():
         torch.testing.assert_close(last[patient], hidden[patient, count - 1])
 
 
+TINY = [
+    "model.backbone.visit_dim=3", "model.backbone.hidden_dim=2", "model.backbone.time_dim=2", "model.backbone.dropout=0.0"
+]
+
+
 def test_visit_embedding_is_relu_of_code_sum_plus_time_embedding():
-    backbone = LSTMBackbone(vocab_size=5, visit_dim=3, hidden_dim=3, time_dim=2, dropout=0.0)
+    model = compose_model("lstm", TINY)
+    weights = hand_set_lstm_backbone(model.backbone)
     batch = {"codes": torch.tensor([[[1, 3, 0]]]), "time_to_end": torch.tensor([[90.0]])}
-    weight = backbone.code_embedding.weight
-    code_part = torch.relu(weight[1] + weight[3] + backbone.code_bias)  # Eq. 3.2
-    gap = torch.tensor([[0.5]])  # 90 / 180
-    time_part = backbone.time_projection(1 - torch.tanh(backbone.time_feature(gap) ** 2))  # Eq. 3.3
-    torch.testing.assert_close(backbone.embed_visits(batch)[0, 0], (code_part + time_part)[0])
+    code_part = torch.relu(weights["W_v"][1] + weights["W_v"][3] + weights["b_v"])  # Eq. 3.2; row 0 is padding
+    time_feature = 1 - torch.tanh((0.5 * weights["W_f"] + weights["b_f"]) ** 2)  # Eq. 3.3, Δt/180 = 90/180
+    time_part = weights["W_t"] @ time_feature + weights["b_t"]
+    torch.testing.assert_close(model.backbone.embed_visits(batch)[0, 0], code_part + time_part)  # Eq. 3.1
+
+
+def test_training_loss_matches_the_equations_written_out():
+    """Eq. 3.1–3.4, 3.13 and 3.16 in plain torch ops (risk_batches.reference_*) with weights
+    set by the test: an expected loss that does not come from the module's own parts."""
+    model = compose_model("lstm", TINY)
+    weights = hand_set_lstm_backbone(model.backbone, seed=1)
+    batch = make_batch(n_patients=5, n_visits=4, seed=2)
+    assert not batch["visit_mask"].all()  # padding visits are part of what is checked
+    hidden_states = reference_lstm(reference_visit_embeddings(batch, weights), weights)
+    expected = reference_cross_entropy(hidden_states, batch, weights)
+    torch.testing.assert_close(model.training_loss(batch)["loss"], expected)
 
 
 def test_padding_visits_and_codes_do_not_change_outputs():
@@ -171,15 +196,20 @@ def test_gradient_clipping_uses_the_model_setting():
     assert total_norm == pytest.approx(1.0, rel=1e-4)
 
 
-def test_checkpoint_round_trip_restores_backbone_and_hyperparameters(tmp_path):
-    model = compose_model("meddiffusion", SMALL + ["model.denoiser.channels=8", "model.attention_dim=4"]).eval()
+def test_checkpoint_round_trip_through_the_runners_weights_only_load(tmp_path):
+    overrides = SMALL + ["model.denoiser.channels=8", "model.attention_dim=4"]
+    model = compose_model("meddiffusion", overrides).eval()
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=0)
     trainer.strategy.connect(model)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    # The hyperparameters hold the optimiser/backbone partials, so this needs the full unpickler.
-    restored = type(model).load_from_checkpoint(path, vocabulary=VOCABULARY, weights_only=False).eval()
+    # As the runner does: the model is built from its config, then the weights are loaded.
+    restored = compose_model("meddiffusion", overrides).eval()
     batch = make_batch()
+    assert not torch.allclose(restored(batch), model(batch))
+    load_model_weights(restored, path)
     torch.testing.assert_close(restored(batch), model(batch))
-    assert restored.lambda_synthetic == 0.5
-    assert torch.load(path, weights_only=False)["ehrlab_vocabulary"] == VOCABULARY
+    checkpoint = torch.load(path, weights_only=True)  # plain data only
+    assert checkpoint["ehrlab_vocabulary"] == VOCABULARY
+    assert checkpoint["hyper_parameters"]["lambda_synthetic"] == 0.5
+    assert checkpoint["hyper_parameters"]["backbone"]["_target_"] == "ehrlab.models.risk.lstm.LSTMBackbone"

@@ -16,7 +16,20 @@ Decisions where the paper is silent or differs from the authors' code
   Eq. 3.18 and the code diffuse ``ê_{k,0}``), with the paper's per-visit ``e_k``.
 - Denoiser: a single-resolution residual 1-D conv net (128 channels, 2 blocks) by default,
   because the authors' 1-D UNet (128 × (1,2,4,8)) costs several LSTM steps on a CPU; the
-  UNet is available as ``UNet1dDenoiser``.
+  UNet is available as ``UNet1dDenoiser``. Both are causal along the visits; the authors'
+  UNet treats the visits as channels and sees every visit (:mod:`~ehrlab.models.risk.denoiser`).
+- What a synthetic visit depends on: ``e'_k = ê_k + ε_k − ε̂_k`` with
+  ``ê_k = γ_e e_k + γ_h W_h h_{k−1}`` (Eq. 3.11; ``h_0 = 0``, the hidden states shifted by
+  one visit), ``ε_k`` drawn independently of the data, the step n drawn per patient, and
+  ``ε̂_k = ε_θ(x_{n,1..k}, n)`` from the causal denoiser (Eq. 3.18), where
+  ``x_{n,j} = √ᾱ_n ê_j + √(1−ᾱ_n) ε_j``. So e'_k depends on visits 1..k only: on e_k and
+  on h_{k−1}, which summarises e_1..e_{k−1} (the relaxation of Eq. 3.5–3.8's conditioning
+  on e_{1..k−1} to h_{k−1}, Eq. 3.9–3.10), plus, inside the denoiser, the noisy ê of
+  earlier visits (eight back for the default), also information from before visit k. No
+  code of a later visit reaches it. The last visit's date enters only as Eq. 3.3 defines
+  it: e_k, real and synthetic alike, embeds Δt_k = t_K − t_k (the batch's per-visit
+  ``time_to_end``). The synthetic prediction ŷ' (Eq. 3.14) reads h'_K and so the whole
+  synthetic sequence, as ŷ reads the whole real one.
 - Loss (Eq. 3.15): ``L = CE(y, ŷ) + λ_S CE(y, ŷ') + λ_D L_Diffusion`` with batch means
   (the paper writes sums over patients), λ_S = 0.5, λ_D = 0.1. ``λ_S = 0`` (AS-3) skips
   the synthetic forward pass altogether; the denoiser is then trained by L_Diffusion only.
