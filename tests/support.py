@@ -50,3 +50,29 @@ def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env_extra: dict | None = None,
     """`python run.py <args>` in a subprocess, as a user types it."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wandb_records(offline_run: Path) -> list:
+    """Every record of an offline W&B run (`offline-run-*/run-*.wandb`), parsed.
+
+    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB
+    blocks of chunks, each with a 7-byte header (CRC32, length, type: 1 full, 2 first,
+    3 middle, 4 last); a block's tail too short for a chunk header is zero padding."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(offline_run.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B", offline_run
+    block, position, records, pending = 32768, 7, [], b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # padding at the end of a block
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+    return records

@@ -116,3 +116,35 @@ def test_launchers_compose(tmp_path, cache_dir, launcher, target):
     from hydra.core.hydra_config import HydraConfig
 
     assert HydraConfig.get().launcher._target_.endswith(target)
+
+
+def test_seed_000_presets_hold_the_papers_settings(compose):
+    """§4.2: input ends six months before the first diagnosis; Table 2's LSTM is the plain one."""
+    meddiffusion = compose("experiment=meddiffusion_mimic3_hf", f"data.root={MIMIC3_TINY}")
+    assert instantiate(meddiffusion.task).gap_days == 180
+    assert type(instantiate(meddiffusion.model, vocabulary=VOCABULARY)).__name__ == "MedDiffusion"
+    lstm = compose("experiment=lstm_mimic3_hf", f"data.root={MIMIC3_TINY}")
+    assert instantiate(lstm.task).gap_days == 180
+    model = instantiate(lstm.model, vocabulary=VOCABULARY)
+    assert type(model).__name__ == "RiskPredictor"
+    assert not model.backbone.use_time_embedding and not hasattr(model.backbone, "time_feature")
+    assert lstm.data.batch_size == meddiffusion.data.batch_size == 32
+
+
+@pytest.mark.parametrize(("overrides", "batch_size"), [
+    ([], 64), (["model=halo"], 48), (["model=halo_small"], 32), (["model=gpt"], 64),
+    (["model=halo", "data.batch_size=7"], 7), (["experiment=halo_mimic3"], 48),
+])
+def test_one_batch_size_key(compose, overrides, batch_size):
+    """data.batch_size is the only batch size: a model may set its paper's value, the
+    command line has the last word, and no model receives a batch size of its own."""
+    cfg = compose(*overrides)
+    assert cfg.data.batch_size == batch_size
+    assert "batch_size" not in cfg.model
+
+
+def test_multiruns_use_the_sweeper_that_lists_failed_jobs(compose):
+    compose()
+    from hydra.core.hydra_config import HydraConfig
+
+    assert HydraConfig.get().sweeper._target_ == "hydra_plugins.ehrlab_sweeper.ehrlab_sweeper.EhrlabSweeper"

@@ -38,9 +38,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ehrlab.checkpoints import RandomStateCheckpoint, check_checkpoint_fits, load_model_weights, read_checkpoint
-from ehrlab.cli import one_line_reason
+from ehrlab.cli import one_line_reason, user_error_in
 from ehrlab.config import check_config, resumed_config
-from ehrlab.data.cache import default_cache_dir, load_canonical, staged_folder
+from ehrlab.data.cache import default_cache_dir, load_canonical, remove_stale_staging, staged_folder
 from ehrlab.data.datamodules import EHRDataModule
 from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
 from ehrlab.data.tasks.base import TaskData
@@ -95,9 +95,10 @@ def recorded_status(run_dir: Path, stage: str):
     try:
         yield
     except BaseException as error:
+        user_error = user_error_in(error)
         status |= {"status": "failed", "ended": _now(), "error": one_line_reason(error),
-                   "error_type": type(error).__name__}
-        if not isinstance(error, UserInputError):
+                   "error_type": type(user_error or error).__name__}
+        if user_error is None:
             status["traceback"] = traceback.format_exc()
         write_json(path, status)
         raise
@@ -207,6 +208,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     task_folder = cache_dir / "tasks" / f"{task.name}-{task.cache_key(source.cache_key(), cfg.seed)}"
     if (task_folder / "task.json").exists():
+        # A hit writes nothing, so sweep up what killed runs left half-written here.
+        remove_stale_staging(task_folder.parent)
         log.info("reading prepared %s task from cache %s", task.name, task_folder)
         task_data = TaskData.load(task_folder)
     else:
@@ -273,12 +276,13 @@ def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict
 
 def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
     from ehrlab.evaluation.synthetic import evaluate_synthetic, plot_paths
+    from ehrlab.evaluation.synthetic.records import read_long_table
 
     path = Path(cfg.synthetic_path) if cfg.synthetic_path else run_dir / "synthetic.parquet"
     if not path.exists():
         raise UserInputError(f"no synthetic records at {path}: run stage=generate first, or give "
                              "synthetic_path=/path/to/synthetic.parquet.")
-    synthetic = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"code": "str"})
+    synthetic = read_long_table(path, "synthetic_path")
     vocabulary = task_data.vocabulary
     out_dir = run_dir / "evaluation"
     metrics = evaluate_synthetic(task_data.splits["train"].to_long_table(vocabulary),
