@@ -57,5 +57,11 @@ def finish(logger: Logger | None, succeeded: bool) -> None:
         return
     logger.finalize("success" if succeeded else "failed")
     if isinstance(logger, WandbLogger):
+        import wandb
+
         # The run object itself, not wandb.finish(), which only closes the global run.
         logger.experiment.finish(exit_code=0 if succeeded else 1)
+        # finish() can return before W&B's background service has written the run to disk
+        # (seen: an offline run file holding only its header); shutting the service down
+        # waits for it. The next run starts a new one (about a second).
+        wandb.teardown()

@@ -9,8 +9,6 @@ Hydra prints without a traceback and turns into a non-zero exit status. Each job
 directory holds the details (`status.json`, and the traceback of a crash in its log).
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from pathlib import Path
