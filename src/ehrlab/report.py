@@ -139,7 +139,10 @@ def _expands_like_basic_sweeper(target: str | None) -> bool:
         sweeper = getattr(importlib.import_module(module), name, None) if module else None
     except ImportError:
         return False
-    return isinstance(sweeper, type) and issubclass(sweeper, BasicSweeper)
+    # By name: Hydra's plugin scan re-executes plugin modules, so after a Hydra run in this
+    # process the class found here need not be the BasicSweeper object imported above.
+    basic = f"{BasicSweeper.__module__}.{BasicSweeper.__qualname__}"
+    return isinstance(sweeper, type) and any(f"{c.__module__}.{c.__qualname__}" == basic for c in sweeper.__mro__)
 
 
 def expected_overrides(multirun_dir: Path) -> tuple[list[list[str]] | None, str]:
