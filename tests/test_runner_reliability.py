@@ -226,3 +226,19 @@ def test_nonsense_values_are_refused_before_any_work(override, message, make_con
 
 def test_sensible_values_pass_the_checks(make_config):
     check_config(make_config("trainer.max_epochs=-1", "generate.n_patients=null", "data.batch_size=1"))
+
+
+# --- synthetic ids ----------------------------------------------------------------------------
+
+def test_sources_cannot_hold_ids_in_the_synthetic_range():
+    """Synthetic patients are numbered from SYNTHETIC_SUBJECT_ID_START; a source whose ids
+    reach that range is refused, so a synthetic id can never be a real one."""
+    from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START, conform_events, conform_static
+
+    static = pd.DataFrame({"subject_id": [7, SYNTHETIC_SUBJECT_ID_START], "gender": ["F", "M"]})
+    with pytest.raises(UserInputError, match="renumber the source's subjects"):
+        conform_static(static)
+    events = pd.DataFrame({"subject_id": [-1], "time": [pd.Timestamp("2150-01-01")], "code": ["X"]})
+    with pytest.raises(UserInputError, match="outside 0"):
+        conform_events(events)
+    assert len(conform_static(static.iloc[:1])) == 1
