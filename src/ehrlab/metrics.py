@@ -17,11 +17,13 @@ because papers disagree:
 
 F1 and kappa take predicted classes; `binary_classification_metrics` predicts class 1 when
 ``probability > threshold`` (0.5), the class of a two-way softmax's ``argmax``, where an
-exact tie goes to class 0.
+exact tie goes to class 0. Accuracy, precision and recall of predicted classes are here too,
+for the synthetic-EHR suite's discriminators and membership-inference attack (seed 002 §3).
 
 Values are fractions in [0, 1] (kappa in [-1, 1]); callers that log percent multiply by
 100. A metric that is undefined on the given labels (one-class labels for the ranking
-metrics, no positive labels nor predictions for F1) comes back as NaN with a
+metrics, no positive labels nor predictions for F1, no positive predictions for precision,
+no positive labels for recall, no samples for accuracy) comes back as NaN with a
 `RuntimeWarning` instead of raising, so a tiny or degenerate split never crashes a run.
 """
 
@@ -91,6 +93,35 @@ def f1(labels: np.ndarray, predictions: np.ndarray) -> float:
                       stacklevel=2)
         return math.nan
     return 2.0 * true_positives / denominator
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Fraction of 0/1 predictions equal to the labels: (TP + TN) / N."""
+    labels, predictions = _binary_inputs(labels, predictions)
+    if labels.size == 0:
+        warnings.warn("no samples: accuracy is undefined (NaN)", RuntimeWarning, stacklevel=2)
+        return math.nan
+    return float(np.mean(labels == predictions))
+
+
+def precision(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Precision of the positive class from 0/1 predictions: TP / (TP + FP)."""
+    labels, predictions = _binary_inputs(labels, predictions)
+    n_predicted = int(predictions.sum())  # TP + FP
+    if n_predicted == 0:
+        warnings.warn("no positive predictions: precision is undefined (NaN)", RuntimeWarning, stacklevel=2)
+        return math.nan
+    return int(np.sum((labels == 1) & (predictions == 1))) / n_predicted
+
+
+def recall(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Recall (sensitivity) of the positive class from 0/1 predictions: TP / (TP + FN)."""
+    labels, predictions = _binary_inputs(labels, predictions)
+    n_positive = int(labels.sum())  # TP + FN
+    if n_positive == 0:
+        warnings.warn("no positive labels: recall is undefined (NaN)", RuntimeWarning, stacklevel=2)
+        return math.nan
+    return int(np.sum((labels == 1) & (predictions == 1))) / n_positive
 
 
 def cohen_kappa(labels: np.ndarray, predictions: np.ndarray) -> float:

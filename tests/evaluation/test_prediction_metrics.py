@@ -113,6 +113,32 @@ def test_single_metrics_are_the_ones_the_summary_reports():
         assert math.isnan(metrics_module.roc_auc(np.ones(3), np.array([0.1, 0.2, 0.3])))
 
 
+def test_accuracy_precision_recall_by_hand_and_against_sklearn():
+    from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+    labels, predictions = np.array([1, 1, 1, 0, 0]), np.array([1, 1, 0, 1, 0])  # TP 2, FN 1, FP 1, TN 1
+    assert metrics_module.accuracy(labels, predictions) == pytest.approx(3 / 5)
+    assert metrics_module.precision(labels, predictions) == pytest.approx(2 / 3)
+    assert metrics_module.recall(labels, predictions) == pytest.approx(2 / 3)
+    rng = np.random.default_rng(2)
+    labels, predictions = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    assert metrics_module.accuracy(labels, predictions) == pytest.approx(accuracy_score(labels, predictions))
+    assert metrics_module.precision(labels, predictions) == pytest.approx(precision_score(labels, predictions))
+    assert metrics_module.recall(labels, predictions) == pytest.approx(recall_score(labels, predictions))
+    # Boolean predictions (the suite's attacks and discriminators) are 0/1 too.
+    assert metrics_module.precision(labels, predictions.astype(bool)) == metrics_module.precision(labels, predictions)
+
+
+def test_accuracy_precision_recall_are_nan_where_undefined():
+    # sklearn returns 0 here (zero_division); a score of nothing is not a score of zero.
+    with pytest.warns(RuntimeWarning, match="no positive predictions"):
+        assert math.isnan(metrics_module.precision(np.array([1, 0]), np.array([0, 0])))
+    with pytest.warns(RuntimeWarning, match="no positive labels"):
+        assert math.isnan(metrics_module.recall(np.array([0, 0]), np.array([1, 0])))
+    with pytest.warns(RuntimeWarning, match="no samples"):
+        assert math.isnan(metrics_module.accuracy(np.array([], dtype=int), np.array([])))
+
+
 def test_the_evaluation_module_reuses_the_one_implementation():
     assert prediction.binary_classification_metrics is metrics_module.binary_classification_metrics
     assert prediction.METRIC_NAMES is metrics_module.METRIC_NAMES

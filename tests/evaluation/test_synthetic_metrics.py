@@ -233,6 +233,15 @@ def test_membership_inference_by_hand():
     assert copies["f1"] == 1.0
 
 
+def test_empty_attack_set_scores_nan_not_zero():
+    # Precision, recall and F1 come from ehrlab.metrics: undefined is NaN (with a warning),
+    # where the hand-written formulas of before reported 0.
+    with pytest.warns(RuntimeWarning):
+        empty = membership_inference(np.array([]), np.array([]), tie_order=np.array([]))
+    assert set(empty) == {"accuracy", "precision", "recall", "f1"}
+    assert all(math.isnan(value) for value in empty.values())
+
+
 # ------------------------------------------------------------------ bootstrap
 def test_bootstrap_weights_and_interval():
     rng = np.random.default_rng(0)
@@ -257,6 +266,13 @@ def test_discriminator_scores_by_hand():
     assert scores["accuracy"] == pytest.approx(0.75)  # 0.5 counts as "real"
     assert scores["score"] == pytest.approx(1 - 2 * 0.25) and scores["auc_score"] == pytest.approx(0.25)
     assert discriminator_scores(labels, np.full(4, 0.7))["auc_score"] == 1.0  # a constant guess is chance
+
+
+def test_discriminator_auc_of_one_class_is_nan_with_a_warning():
+    # ROC AUC is ehrlab.metrics.roc_auc: one-class labels warn instead of passing silently.
+    with pytest.warns(RuntimeWarning, match="one class"):
+        scores = discriminator_scores(np.ones(4), np.array([0.9, 0.5, 0.5, 0.1]))
+    assert math.isnan(scores["auc"]) and scores["accuracy"] == 0.75
 
 
 def _reference_distance(a: list[set], b: list[set]) -> int:

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.stats import rankdata
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from ehrlab import metrics
 from ehrlab.data.sequences import expand_ranges
 from ehrlab.evaluation.synthetic.records import PatientRecords
 
@@ -58,19 +58,11 @@ class DiscriminatorResult:
     probabilities: np.ndarray
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC as the Mann–Whitney statistic: P(score of a positive > a negative), ties ½."""
-    positive = labels == 1
-    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
-    if n_positive == 0 or n_negative == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # average ranks give ties ½
-    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
-
-
 def discriminator_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    accuracy = float(np.mean((probabilities >= 0.5) == (labels == 1)))
-    auc = roc_auc(labels, probabilities)
+    """Accuracy (probability ≥ 0.5 is called real), ROC AUC and their §3.1 scores, from
+    `ehrlab.metrics` (AUC of one-class labels is NaN, with a warning)."""
+    accuracy = metrics.accuracy(labels, probabilities >= 0.5)
+    auc = metrics.roc_auc(labels, probabilities)
     return {
         "accuracy": accuracy,
         "auc": auc,

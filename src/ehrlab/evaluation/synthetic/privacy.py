@@ -43,9 +43,10 @@ record; the n records below the median are predicted members. Records tied at th
 are split by a seeded random order, so exactly half of the attack set is predicted member
 (a strict "< median" rule would predict no member at all when more than half the
 distances are 0, i.e. exactly when the training set was copied). Members are the positive
-class for precision, recall and F1. With equal numbers of members and non-members and
-exactly half called members, precision = recall = F1 = accuracy; all four are reported, as
-in the paper, but they carry one number.
+class for precision, recall and F1 (computed by `ehrlab.metrics`; an empty attack set gives
+NaN). With equal numbers of members and non-members and exactly half called members,
+precision = recall = F1 = accuracy; all four are reported, as in the paper, but they carry
+one number.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
+from ehrlab import metrics
 from ehrlab.evaluation.synthetic.records import PatientRecords
 
 # rows of the left operand per dense block: 2,048 x 10,000 float32 = 80 MB
@@ -234,14 +236,11 @@ def membership_inference(
     order = np.lexsort((tie_order, distances))
     predicted = np.zeros(len(distances), bool)
     predicted[order[: len(distances) // 2]] = True
-    true_positive = np.count_nonzero(predicted & is_member)
-    precision = true_positive / max(np.count_nonzero(predicted), 1)
-    recall = true_positive / max(np.count_nonzero(is_member), 1)
     return {
-        "accuracy": float(np.mean(predicted == is_member)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0,
+        "accuracy": metrics.accuracy(is_member, predicted),
+        "precision": metrics.precision(is_member, predicted),
+        "recall": metrics.recall(is_member, predicted),
+        "f1": metrics.f1(is_member, predicted),
     }
 
 
