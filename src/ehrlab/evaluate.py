@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ehrlab.errors import UserInputError
+from ehrlab.evaluation.synthetic.defaults import DEFAULTS
 from ehrlab.serialization import write_json
 
 
@@ -24,12 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", type=Path, required=True, help="real held-out records")
     parser.add_argument("--synthetic", type=Path, required=True, help="synthetic records")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--n-bootstrap", type=int, default=100, help="bootstrap resamples for 95%% intervals")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--discriminator-epochs", type=int, default=5, help="LSTM discriminator epochs")
-    parser.add_argument(
-        "--discriminators", nargs="*", default=["lstm", "random_forest"], help="any of: lstm random_forest"
-    )
+    # Defaults are the suite's own (one place, shared with evaluate_synthetic and conf/config.yaml).
+    parser.add_argument("--n-bootstrap", type=int, default=DEFAULTS.n_bootstrap,
+                        help="bootstrap resamples for 95%% intervals (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="seed of the resamples, attack samples and discriminators (default: %(default)s)")
+    parser.add_argument("--discriminator-epochs", type=int, default=DEFAULTS.discriminator_epochs,
+                        help="LSTM discriminator epochs (default: %(default)s)")
+    parser.add_argument("--discriminators", nargs="*", default=list(DEFAULTS.discriminators),
+                        help=f"any of: lstm random_forest (default: {' '.join(DEFAULTS.discriminators)})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 

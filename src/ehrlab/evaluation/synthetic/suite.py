@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ehrlab.evaluation.synthetic import plots, report
 from ehrlab.evaluation.synthetic.bootstrap import confidence_intervals, resample_indices, resample_weights
 from ehrlab.evaluation.synthetic.chapters import chapters_of
+from ehrlab.evaluation.synthetic.defaults import DEFAULTS
 from ehrlab.evaluation.synthetic.discriminator import (
     DiscriminatorResult,
     discriminator_scores,
@@ -200,11 +201,11 @@ def evaluate_synthetic(
     synthetic: pd.DataFrame,
     out_dir: Path,
     *,
-    n_bootstrap: int = 100,
-    seed: int = 0,
-    discriminator_epochs: int = 5,
+    n_bootstrap: int = DEFAULTS.n_bootstrap,
+    seed: int = DEFAULTS.seed,
+    discriminator_epochs: int = DEFAULTS.discriminator_epochs,
     progress: bool = True,
-    discriminators: tuple[str, ...] = ("lstm", "random_forest"),
+    discriminators: tuple[str, ...] = DEFAULTS.discriminators,
     random_forest_trees: int = 100,
     n_jobs: int = -1,
     long_tail_percentiles: tuple[float, ...] = LONG_TAIL_PERCENTILES,
@@ -216,6 +217,8 @@ def evaluate_synthetic(
 
     n_bootstrap: resamples for the 95% intervals (0 = no intervals).
     discriminators: any of "lstm" (Appendix E.1) and "random_forest" (E.2).
+    The defaults of n_bootstrap, seed, discriminator_epochs and discriminators come from
+    `defaults.DEFAULTS`, as do those of `python -m ehrlab.evaluate` and the run config's.
     long_tail_max_records: members (and as many non-members) per long-tail MIA rerun; the
         headline NNAAR and MIA always use the full sets, the seven reruns of the ablation are
         subsampled to this size by default to bound the cost (None = full sets).
