@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
+import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -10,6 +14,10 @@ from omegaconf import OmegaConf
 from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
+from ehrlab.models.generative.gpt import GPTBaseline
+from ehrlab.models.generative.halo import HALO
+from ehrlab.models.risk.base import RiskPredictor
+from ehrlab.models.risk.meddiffusion import MedDiffusion
 
 VOCABULARY = [PAD_CODE, *(f"DIAGNOSIS//ICD//9//{c}" for c in ("401.9", "428.0", "250.00", "414.01", "V45.81"))]
 
@@ -31,61 +39,328 @@ def test_every_group_has_options():
         assert options(group), group
 
 
+def optimizer_values(optimizer) -> dict:
+    return {"optimizer": type(optimizer).__name__, "lr": optimizer.defaults["lr"],
+            "weight_decay": optimizer.defaults["weight_decay"]}
+
+
+def model_values(module: pl.LightningModule) -> dict:
+    """What a model config promises, read from the built module: its layer sizes, its
+    optimiser and schedule as `configure_optimizers()` makes them, its monitor."""
+    values = {"class": type(module).__name__, "monitor": (module.monitor, module.monitor_mode)}
+    if isinstance(module, RiskPredictor):
+        backbone = module.backbone
+        configured = module.configure_optimizers()
+        scheduler = configured["lr_scheduler"]
+        plateau = scheduler["scheduler"]
+        values |= {
+            "d_e": backbone.code_embedding.embedding_dim,
+            "lstm": (backbone.lstm.input_size, backbone.lstm.hidden_size),  # d_e -> d_h
+            "d_f": backbone.time_feature.out_features if backbone.use_time_embedding else None,
+            "dropout": backbone.dropout.p,
+            "classes": backbone.output.out_features,
+            **optimizer_values(configured["optimizer"]),
+            "scheduler": (type(plateau).__name__, plateau.mode, plateau.factor, plateau.patience,
+                          scheduler["monitor"], scheduler["interval"]),
+            "early_stopping_patience": module.early_stopping_patience,
+            "gradient_clip_val": module.gradient_clip_val,
+        }
+    if isinstance(module, MedDiffusion):
+        augmentation = module.augmentation
+        attention, denoiser, betas = augmentation.attention, augmentation.denoiser, augmentation.schedule.betas
+        values |= {
+            "lambdas": (module.lambda_synthetic, module.lambda_diffusion),
+            "diffusion_steps": len(betas),
+            "betas": (round(float(betas[0]), 8), round(float(betas[-1]), 8)),
+            "attention": None if attention is None else attention.mode,  # None: no h_{k-1} (AS-1)
+            "d_b": attention.score_hidden.out_features if attention is not None and attention.mode == "learned"
+            else None,
+            "denoiser": (type(denoiser).__name__, denoiser.input.out_features, len(denoiser.blocks)),
+        }
+    if isinstance(module, HALO):
+        coarse = module.coarse
+        values |= {
+            "layers": len(coarse.blocks),
+            "width": coarse.position_embedding.embedding_dim,
+            "heads": coarse.blocks[0].attention.n_head,
+            "positions": coarse.position_embedding.num_embeddings,
+            "max_visits": module.max_visits,  # n_ctx - the start row
+            "dropout": coarse.embedding_dropout.p,
+            **optimizer_values(module.configure_optimizers()),
+        }
+    if isinstance(module, GPTBaseline):
+        transformer = module.gpt.transformer
+        module._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what the schedule reads
+        configured = module.configure_optimizers()
+        schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        values |= {
+            "layers": len(transformer.h),
+            "width": transformer.wte.embedding_dim,
+            "heads": transformer.h[0].attn.num_heads,
+            "positions": transformer.wpe.num_embeddings,
+            "dropout": transformer.drop.p,
+            "sampling": (module.hparams.top_k, module.hparams.top_p, module.hparams.max_generation_length),
+            **optimizer_values(configured["optimizer"]),
+            # linear warm-up over 5% of the 100 steps, then cosine down to 0, stepped per batch
+            "schedule": (configured["lr_scheduler"]["interval"], [round(schedule(step), 6) for step in (0, 1, 5, 100)]),
+        }
+    return values
+
+
+LSTM = {  # seed 000 §4.1 and the authors' code (README, Models)
+    "class": "RiskPredictor", "monitor": ("val/f1", "max"), "d_e": 256, "lstm": (256, 256), "d_f": 64,
+    "dropout": 0.1, "classes": 2, "optimizer": "Adam", "lr": 1e-3, "weight_decay": 1e-3,
+    "scheduler": ("ReduceLROnPlateau", "max", 0.2, 5, "val/f1", "epoch"), "early_stopping_patience": 10,
+    "gradient_clip_val": 1.0,
+}
+MEDDIFFUSION = LSTM | {
+    "class": "MedDiffusion", "lambdas": (0.5, 0.1), "diffusion_steps": 1000, "betas": (1e-4, 0.02),
+    "attention": "learned", "d_b": 64, "denoiser": ("ConvDenoiser", 128, 2),
+}
+HALO_PAPER = {  # seed 002 F.4, Table 8
+    "class": "HALO", "monitor": ("val/loss", "min"), "layers": 12, "width": 768, "heads": 12, "positions": 56,
+    "max_visits": 47, "dropout": 0.1, "optimizer": "Adam", "lr": 1e-4, "weight_decay": 0,
+}
+GPT = {  # seed 002 F.5 at the CPU default size
+    "class": "GPTBaseline", "monitor": ("val/loss", "min"), "layers": 2, "width": 128, "heads": 8, "positions": 512,
+    "dropout": 0.1, "sampling": (50, 0.95, 128), "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.01,
+    "schedule": ("step", [0.0, 0.2, 1.0, 0.0]),
+}
+MODELS = {
+    "lstm": LSTM,
+    "meddiffusion": MEDDIFFUSION,
+    "meddiffusion_as1": MEDDIFFUSION | {"attention": None, "d_b": None},  # no h_{k-1}
+    "meddiffusion_as2": MEDDIFFUSION | {"attention": "equal", "d_b": None},  # gamma fixed at 0.5 / 0.5
+    "meddiffusion_as3": MEDDIFFUSION | {"lambdas": (0.0, 0.1)},  # lambda_S = 0
+    "halo": HALO_PAPER,
+    "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3},
+    "gpt": GPT,
+}
+
+
+def test_every_model_option_has_its_expected_values():
+    assert sorted(MODELS) == options("model")
+
+
 @pytest.mark.parametrize("model", options("model"))
 def test_model_configs_instantiate(compose, model):
     cfg = compose(f"model={model}")
     module = instantiate(cfg.model, vocabulary=VOCABULARY)
     assert isinstance(module, pl.LightningModule)
-    assert module.monitor and module.monitor_mode in ("min", "max")
+    assert model_values(module) == MODELS[model]
     task = "generation" if hasattr(module, "generate") else "heart_failure"
     assert compose(f"model={model}", f"task={task}").model == cfg.model
 
 
+def task_values(task) -> dict:
+    values = {"name": task.name, "kind": task.kind, "max_visits": task.max_visits, "keep_visits": task.keep_visits,
+              "split": task.split}
+    if task.kind == "risk":
+        values |= {"gap_days": task.gap_days, "controls_per_case": task.controls_per_case,
+                   "match_on": task.match_on, "max_codes_per_visit": task.max_codes_per_visit}
+    return values
+
+
+RISK_TASK = {"kind": "risk", "max_visits": 20, "keep_visits": "last", "split": (0.75, 0.10, 0.15), "gap_days": 0,
+             "controls_per_case": 3, "match_on": ["gender", "age_band"], "max_codes_per_visit": 20}
+TASKS = {  # task: its settings, codes of its cohort (ICD-9, ICD-10), codes outside it
+    "heart_failure": (RISK_TASK, ("9//428.22", "10//I50.9"), ("9//427.31", "10//I48.0")),
+    "copd": (RISK_TASK, ("9//491.21", "10//J44.1"), ("9//493.90", "10//J45.909")),
+    "ckd": (RISK_TASK, ("9//585.3", "10//N18.4"), ("9//584.9", "10//N17.9")),
+    "dementia": (RISK_TASK, ("9//290.0", "10//G30.9"), ("9//294.0", "10//G31.2")),
+    "generation": ({"kind": "generation", "max_visits": None, "keep_visits": "first", "split": (0.8, 0.1, 0.1)},
+                   (), ()),
+}
+
+
 @pytest.mark.parametrize("task", options("task"))
 def test_task_configs_instantiate(compose, task):
+    assert sorted(TASKS) == options("task")
     built = instantiate(compose(f"task={task}").task)
-    assert built.name == task
+    settings, inside, outside = TASKS[task]
+    assert task_values(built) == settings | {"name": task}
+    if built.kind == "risk":
+        from ehrlab.data.tasks.risk import TargetCodes
+
+        codes = pd.Series([f"DIAGNOSIS//ICD//{code}" for code in (*inside, *outside)])
+        hits = TargetCodes(**built.target_codes).matches(codes).tolist()
+        assert hits == [True] * len(inside) + [False] * len(outside)
+        assert built.age_band_years == 10 and built.min_history_visits == 1
 
 
-@pytest.mark.parametrize(("data", "root"), [("synthetic", None), ("mimic3", MIMIC3_TINY), ("mimic4", MIMIC4_DEMO),
-                                            ("meds", None)])
-def test_data_configs_instantiate(compose, data, root, tmp_path):
+def source_values(source) -> dict:
+    """The options a built data source reads with."""
+    values = {"class": type(source).__name__, "name": source.name}
+    if source.name == "synthetic":
+        return values | {"cache_dir": source.cache_dir, "n_patients": source.config.n_patients,
+                         "seed": source.config.seed}
+    values["root"] = source.root
+    if source.name == "meds":
+        return values | {"code_prefixes": source.code_prefixes}
+    values |= {"tables": source.tables, "truncate_icd": source.truncate_icd, "on_bad_lines": source.on_bad_lines}
+    if source.name == "mimic4":
+        values["itemids"] = source.itemids
+    return values
+
+
+MIMIC3 = {"class": "MIMIC3Source", "name": "mimic3", "root": MIMIC3_TINY.resolve(), "tables": ["diagnoses"],
+          "truncate_icd": False, "on_bad_lines": "error"}
+MIMIC4 = {"class": "MIMIC4Source", "name": "mimic4", "root": MIMIC4_DEMO.resolve(), "tables": ["diagnoses"],
+          "truncate_icd": False, "on_bad_lines": "error", "itemids": {"labevents": None, "chartevents": None}}
+
+
+@pytest.mark.parametrize(("data", "overrides", "expected"), [
+    ("synthetic", [], {"class": "SyntheticSource", "name": "synthetic", "n_patients": 5000, "seed": 0}),
+    ("synthetic", ["data.source.n_patients=700", "data.source.seed=4"],
+     {"class": "SyntheticSource", "name": "synthetic", "n_patients": 700, "seed": 4}),
+    ("mimic3", [f"data.root={MIMIC3_TINY}"], MIMIC3),
+    ("mimic3", [f"data.root={MIMIC3_TINY}", "data.source.tables=[diagnoses,procedures]",
+                "data.source.truncate_icd=true", "data.source.on_bad_lines=skip"],
+     MIMIC3 | {"tables": ["diagnoses", "procedures"], "truncate_icd": True, "on_bad_lines": "skip"}),
+    ("mimic4", [f"data.root={MIMIC4_DEMO}"], MIMIC4),
+    ("mimic4", [f"data.root={MIMIC4_DEMO}", "data.source.tables=[labevents]", "data.source.lab_itemids=[50912]"],
+     MIMIC4 | {"tables": ["diagnoses", "labevents"], "itemids": {"labevents": [50912], "chartevents": None}}),
+    ("meds", [], {"class": "MEDSSource", "name": "meds", "code_prefixes": ["DIAGNOSIS//"]}),
+])
+def test_data_configs_instantiate(compose, data, overrides, expected, tmp_path, cache_dir):
     if data == "meds":  # a MEDS folder made from the MIMIC-IV demo
         from ehrlab.data.meds_export import export_meds
         from ehrlab.data.sources.mimic4 import MIMIC4Source
 
         root = export_meds(MIMIC4Source(MIMIC4_DEMO).read(), tmp_path / "meds", None, "demo")
-    overrides = [f"data={data}"] + ([f"data.root={root}"] if root else [])
-    source = instantiate(compose(*overrides).data.source)
-    assert source.name == data
+        overrides, expected = [f"data.root={root}"], expected | {"root": root.resolve()}
+    if data == "synthetic":
+        expected = expected | {"cache_dir": cache_dir}  # the run's cache_dir
+    source = instantiate(compose(f"data={data}", *overrides).data.source)
+    assert source_values(source) == expected
     assert len(source.cache_key()) == 16
     assert sorted(options("data")) == ["meds", "mimic3", "mimic4", "synthetic"]
 
 
+def trainer_values(trainer: pl.Trainer) -> dict:
+    return {
+        "accelerator": type(trainer.accelerator).__name__, "precision": trainer.precision,
+        "strategy": type(trainer.strategy).__name__, "devices": trainer.num_devices, "nodes": trainer.num_nodes,
+        "max_epochs": trainer.max_epochs, "log_every_n_steps": trainer.log_every_n_steps,
+        "limits": (trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches),
+        "validation": (trainer.val_check_interval, trainer.check_val_every_n_epoch),
+        "progress_bar": trainer.progress_bar_callback is not None,
+    }
+
+
+def build_trainer_here(settings: dict) -> pl.Trainer:
+    """The Trainer of a preset on this machine: no GPU here, so a GPU preset is built on the
+    CPU (with two processes for DDP) and keeps every other setting."""
+    if settings["accelerator"] == "gpu":
+        settings = settings | {"accelerator": "cpu", "devices": 2 if settings.get("strategy") == "ddp" else 1}
+    return instantiate(settings, logger=False)
+
+
+CPU_TRAINER = {"accelerator": "CPUAccelerator", "precision": "32-true", "strategy": "SingleDeviceStrategy",
+               "devices": 1, "nodes": 1, "max_epochs": 30, "log_every_n_steps": 10, "limits": (1.0, 1.0, 1.0),
+               "validation": (1.0, 1), "progress_bar": True}
+TRAINERS = {  # preset: (what the config asks of the hardware, the built Trainer)
+    "cpu": ({"accelerator": "cpu", "devices": 1, "precision": "32-true"}, CPU_TRAINER),
+    "debug": ({"accelerator": "cpu", "devices": 1, "precision": "32-true"},
+              CPU_TRAINER | {"max_epochs": 1, "log_every_n_steps": 1, "limits": (4, 2, 2), "progress_bar": False}),
+    # (the configured precision too: on the CPU Lightning turns 16-mixed into bf16-mixed)
+    "gpu": ({"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}, CPU_TRAINER | {"precision": "bf16-mixed"}),
+    "a6000": ({"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"},
+              CPU_TRAINER | {"precision": "bf16-mixed"}),
+    "ddp": ({"accelerator": "gpu", "devices": -1, "precision": "bf16-mixed", "strategy": "ddp",
+             "use_distributed_sampler": True},
+            CPU_TRAINER | {"precision": "bf16-mixed", "strategy": "DDPStrategy", "devices": 2}),
+}
+
+
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_trainer_configs_instantiate(compose, trainer):
-    cfg = compose(f"trainer={trainer}")
-    settings = OmegaConf.to_container(cfg.trainer)
-    if settings["accelerator"] == "gpu":  # no GPU here: check every other setting on the CPU
-        settings |= {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
-    assert isinstance(instantiate(settings, logger=False), pl.Trainer)
+    assert sorted(TRAINERS) == options("trainer")
+    hardware, built = TRAINERS[trainer]
+    settings = OmegaConf.to_container(compose(f"trainer={trainer}").trainer)
+    assert {key: settings.get(key) for key in hardware} == hardware
+    assert trainer_values(build_trainer_here(settings)) == built
 
 
-@pytest.mark.parametrize("logger", options("logger"))
-def test_logger_configs_instantiate(compose, logger, tmp_path):
-    cfg = compose(f"logger={logger}")
-    if logger == "none":
-        assert not cfg.logger
+@pytest.mark.parametrize(("logger", "overrides", "expected"), [
+    ("csv", [], {"class": "CSVLogger", "name": "csv"}),
+    ("tensorboard", [], {"class": "TensorBoardLogger", "name": "tensorboard"}),
+    ("wandb", [], {"class": "WandbLogger", "name": "lstm-synthetic-heart_failure-s0", "project": "ehrlab",
+                   "group": "lstm-synthetic-heart_failure", "job_type": "all", "log_model": False}),
+    ("wandb", ["model=halo_small", "task=generation", "seed=3", "stage=train"],
+     {"class": "WandbLogger", "name": "halo_small-synthetic-generation-s3", "project": "ehrlab",
+      "group": "halo_small-synthetic-generation", "job_type": "train", "log_model": False}),
+])
+def test_logger_configs_instantiate(compose, logger, overrides, expected, tmp_path, monkeypatch):
+    """The logger as a run builds it (`build_logger`): writing under the run directory, named
+    after the run; W&B offline unless the user chose otherwise."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from ehrlab.loggers import build_logger
+
+    # Starting a W&B run (which logging the hyperparameters does) is the pipeline tests' job.
+    monkeypatch.setattr(WandbLogger, "log_hyperparams", lambda self, params: None)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    built = build_logger(compose(f"logger={logger}", *overrides), run_dir)
+    values = {"class": type(built).__name__, "name": built.name}
+    if logger == "wandb":
+        settings = built._wandb_init  # what wandb.init() will receive
+        values |= {"name": settings["name"], "project": settings["project"], "group": settings["group"],
+                   "job_type": settings["job_type"], "log_model": built._log_model}
+        assert settings["dir"] == built.save_dir == str(run_dir)
+        assert (run_dir / "wandb").is_dir()
+        assert os.environ["WANDB_MODE"] == "offline"
+        monkeypatch.setenv("WANDB_MODE", "online")  # a user's choice is kept
+        build_logger(compose(f"logger={logger}", *overrides), run_dir)
+        assert os.environ["WANDB_MODE"] == "online"
     else:
-        assert instantiate(cfg.logger, save_dir=str(tmp_path)) is not None
+        assert built.save_dir == str(run_dir)
+        assert built.log_dir.startswith(str(run_dir / logger))
+    assert values == expected
+
+
+def test_no_logger(compose, tmp_path):
+    from ehrlab.loggers import build_logger
+
+    cfg = compose("logger=none")
+    assert not cfg.logger and build_logger(cfg, tmp_path) is None
+    assert options("logger") == ["csv", "none", "tensorboard", "wandb"]
+
+
+HEART_FAILURE_180 = {"name": "heart_failure", "kind": "risk", "max_visits": 20, "keep_visits": "last",
+                     "split": (0.75, 0.10, 0.15), "gap_days": 180, "controls_per_case": 3,
+                     "match_on": ["gender", "age_band"], "max_codes_per_visit": 20}
+GENERATION_F4 = {"name": "generation", "kind": "generation", "max_visits": 47, "keep_visits": "first",
+                 "split": (0.72, 0.08, 0.20)}
+EXPERIMENTS = {  # experiment: the task, model, trainer and run settings it stands for
+    "meddiffusion_mimic3_hf": {"task": HEART_FAILURE_180, "model": MEDDIFFUSION, "batch_size": 32,
+                               "trainer": {"max_epochs": 100, "validation": (1.0, 1)}, "n_patients": None},
+    "lstm_mimic3_hf": {"task": HEART_FAILURE_180, "model": LSTM | {"d_f": None}, "batch_size": 32,
+                       "trainer": {"max_epochs": 100, "validation": (1.0, 1)}, "n_patients": None},
+    # F.4: 80 epochs, validation every 500 training batches counted across epochs
+    "halo_mimic3": {"task": GENERATION_F4, "model": HALO_PAPER, "batch_size": 48,
+                    "trainer": {"max_epochs": 80, "validation": (500, None)}, "n_patients": 10000},
+    # F.5: 8 layers x 512, 50 epochs validated once per epoch; HALO's data and split
+    "gpt_mimic3": {"task": GENERATION_F4 | {"max_visits": None}, "model": GPT | {"layers": 8, "width": 512},
+                   "batch_size": 64, "trainer": {"max_epochs": 50, "validation": (1.0, 1)}, "n_patients": 10000},
+}
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_configs_compose_and_instantiate(compose, experiment):
+    assert sorted(EXPERIMENTS) == options("experiment")
+    expected = EXPERIMENTS[experiment]
     cfg = compose(f"experiment={experiment}", f"data.root={MIMIC3_TINY}")
-    assert instantiate(cfg.task).name == cfg.task.name
-    assert isinstance(instantiate(cfg.model, vocabulary=VOCABULARY), pl.LightningModule)
-    instantiate(cfg.data.source)
+    assert task_values(instantiate(cfg.task)) == expected["task"]
+    assert model_values(instantiate(cfg.model, vocabulary=VOCABULARY)) == expected["model"]
+    assert source_values(instantiate(cfg.data.source)) == MIMIC3  # every paper setting reads MIMIC-III
+    trainer = trainer_values(build_trainer_here(OmegaConf.to_container(cfg.trainer)))
+    assert {key: trainer[key] for key in expected["trainer"]} == expected["trainer"]
+    assert trainer["accelerator"] == "CPUAccelerator"  # the hardware is the trainer= preset's choice
+    assert cfg.data.batch_size == expected["batch_size"]
+    assert cfg.generate.n_patients == expected["n_patients"]
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
@@ -119,16 +394,20 @@ def test_launchers_compose(tmp_path, cache_dir, launcher, target):
 
 
 def test_seed_000_presets_hold_the_papers_settings(compose):
-    """§4.2: input ends six months before the first diagnosis; Table 2's LSTM is the plain one."""
+    """§4.2's six-month gap and the rest of each preset are in EXPERIMENTS above. Table 2's LSTM
+    is the plain one: lstm_mimic3_hf is meddiffusion_mimic3_hf with only the model changed, to
+    an LSTM without time embedding; `experiment=meddiffusion_mimic3_hf model=lstm` (README) is
+    MedDiffusion's time-aware backbone alone, and the ablations apply after the experiment."""
     meddiffusion = compose("experiment=meddiffusion_mimic3_hf", f"data.root={MIMIC3_TINY}")
-    assert instantiate(meddiffusion.task).gap_days == 180
-    assert type(instantiate(meddiffusion.model, vocabulary=VOCABULARY)).__name__ == "MedDiffusion"
     lstm = compose("experiment=lstm_mimic3_hf", f"data.root={MIMIC3_TINY}")
-    assert instantiate(lstm.task).gap_days == 180
-    model = instantiate(lstm.model, vocabulary=VOCABULARY)
-    assert type(model).__name__ == "RiskPredictor"
-    assert not model.backbone.use_time_embedding and not hasattr(model.backbone, "time_feature")
-    assert lstm.data.batch_size == meddiffusion.data.batch_size == 32
+    for key in ("task", "data", "trainer", "generate", "evaluate", "seed"):
+        assert lstm[key] == meddiffusion[key], key
+    plain = instantiate(lstm.model, vocabulary=VOCABULARY)
+    assert not plain.backbone.use_time_embedding and not hasattr(plain.backbone, "time_feature")
+    for model, expected in (("lstm", LSTM), ("meddiffusion_as1", MODELS["meddiffusion_as1"])):
+        cfg = compose("experiment=meddiffusion_mimic3_hf", f"model={model}", f"data.root={MIMIC3_TINY}")
+        assert model_values(instantiate(cfg.model, vocabulary=VOCABULARY)) == expected, model
+        assert cfg.task == meddiffusion.task and cfg.trainer == meddiffusion.trainer
 
 
 @pytest.mark.parametrize(("overrides", "batch_size"), [
