@@ -44,10 +44,13 @@ def optimizer_values(optimizer) -> dict:
             "weight_decay": optimizer.defaults["weight_decay"]}
 
 
-def model_values(module: pl.LightningModule) -> dict:
-    """What a model config promises, read from the built module: its layer sizes, its
-    optimiser and schedule as `configure_optimizers()` makes them, its monitor."""
-    values = {"class": type(module).__name__, "monitor": (module.monitor, module.monitor_mode)}
+def model_values(cfg) -> dict:
+    """What a model config promises, read from the module it builds: its layer sizes, its
+    optimiser and schedule as `configure_optimizers()` makes them, its monitor; and the
+    gradient clipping it sets for the trainer (the one clipping rule)."""
+    module = instantiate(cfg.model, vocabulary=VOCABULARY)
+    values = {"class": type(module).__name__, "monitor": (module.monitor, module.monitor_mode),
+              "gradient_clip_val": OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)}
     if isinstance(module, RiskPredictor):
         backbone = module.backbone
         configured = module.configure_optimizers()
@@ -63,7 +66,6 @@ def model_values(module: pl.LightningModule) -> dict:
             "scheduler": (type(plateau).__name__, plateau.mode, plateau.factor, plateau.patience,
                           scheduler["monitor"], scheduler["interval"]),
             "early_stopping_patience": module.early_stopping_patience,
-            "gradient_clip_val": module.gradient_clip_val,
         }
     if isinstance(module, MedDiffusion):
         augmentation = module.augmentation
@@ -120,11 +122,12 @@ MEDDIFFUSION = LSTM | {
 HALO_PAPER = {  # seed 002 F.4, Table 8
     "class": "HALO", "monitor": ("val/loss", "min"), "layers": 12, "width": 768, "heads": 12, "positions": 56,
     "max_visits": 47, "dropout": 0.1, "optimizer": "Adam", "lr": 1e-4, "weight_decay": 0,
+    "gradient_clip_val": None,  # the reference code does not clip
 }
 GPT = {  # seed 002 F.5 at the CPU default size
     "class": "GPTBaseline", "monitor": ("val/loss", "min"), "layers": 2, "width": 128, "heads": 8, "positions": 512,
     "dropout": 0.1, "sampling": (50, 0.95, 128), "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.01,
-    "schedule": ("step", [0.0, 0.2, 1.0, 0.0]),
+    "schedule": ("step", [0.0, 0.2, 1.0, 0.0]), "gradient_clip_val": 1.0,
 }
 MODELS = {
     "lstm": LSTM,
@@ -147,7 +150,10 @@ def test_model_configs_instantiate(compose, model):
     cfg = compose(f"model={model}")
     module = instantiate(cfg.model, vocabulary=VOCABULARY)
     assert isinstance(module, pl.LightningModule)
-    assert model_values(module) == MODELS[model]
+    assert model_values(cfg) == MODELS[model]
+    # The built Trainer applies it (by norm, Lightning's default).
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.gradient_clip_val == MODELS[model]["gradient_clip_val"]
     task = "generation" if hasattr(module, "generate") else "heart_failure"
     assert compose(f"model={model}", f"task={task}").model == cfg.model
 
@@ -354,7 +360,7 @@ def test_experiment_configs_compose_and_instantiate(compose, experiment):
     expected = EXPERIMENTS[experiment]
     cfg = compose(f"experiment={experiment}", f"data.root={MIMIC3_TINY}")
     assert task_values(instantiate(cfg.task)) == expected["task"]
-    assert model_values(instantiate(cfg.model, vocabulary=VOCABULARY)) == expected["model"]
+    assert model_values(cfg) == expected["model"]
     assert source_values(instantiate(cfg.data.source)) == MIMIC3  # every paper setting reads MIMIC-III
     trainer = trainer_values(build_trainer_here(OmegaConf.to_container(cfg.trainer)))
     assert {key: trainer[key] for key in expected["trainer"]} == expected["trainer"]
@@ -406,7 +412,7 @@ def test_seed_000_presets_hold_the_papers_settings(compose):
     assert not plain.backbone.use_time_embedding and not hasattr(plain.backbone, "time_feature")
     for model, expected in (("lstm", LSTM), ("meddiffusion_as1", MODELS["meddiffusion_as1"])):
         cfg = compose("experiment=meddiffusion_mimic3_hf", f"model={model}", f"data.root={MIMIC3_TINY}")
-        assert model_values(instantiate(cfg.model, vocabulary=VOCABULARY)) == expected, model
+        assert model_values(cfg) == expected, model
         assert cfg.task == meddiffusion.task and cfg.trainer == meddiffusion.trainer
 
 

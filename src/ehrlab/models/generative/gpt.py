@@ -20,7 +20,8 @@ never sampled.
 Decisions where the text of F.5 lost its numbers: learning rate 5e-4 (AdamW), 5 % linear
 warm-up then cosine decay (``transformers.get_cosine_schedule_with_warmup``), top-k 50 and
 top-p 0.95 (the nucleus mass PromptEHR uses in the same paper), gradient-norm clip 1.0 (the
-Hugging Face Trainer default the authors trained with). Context 512 (F.5 "Context Window"):
+Hugging Face Trainer default the authors trained with; the trainer's ``gradient_clip_val``,
+set in conf/model/gpt.yaml). Context 512 (F.5 "Context Window"):
 a longer record keeps its latest visits that fit. Generation stops at ``[EOS]`` or after
 ``max_generation_length`` = 128 tokens (F.5 "Max Sequence Length"); a record cut there keeps
 the codes it has.
@@ -112,7 +113,6 @@ class GPTBaseline(Generator):
         top_p: float = 0.95,
         dropout: float = 0.1,
         warmup_ratio: float = 0.05,
-        gradient_clip_val: float | None = 1.0,
         optimizer: Any = None,
         scheduler: Any = None,
     ):
@@ -203,12 +203,6 @@ class GPTBaseline(Generator):
             num_training_steps=int(total_steps),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        # A trainer-level setting wins; otherwise the model's own (HF Trainer default 1.0).
-        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.gradient_clip_val
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     # -- generation -------------------------------------------------------------------------
 

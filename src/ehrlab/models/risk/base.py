@@ -9,9 +9,9 @@ prediction window (seed 000, §3). Its work is split in two:
   it reads ``e_k`` and ``h_{k−1}``, synthesises ``e'_k`` and runs them back through the same
   backbone.
 - :class:`RiskPredictor` (the Lightning wrapper) owns the loss (cross-entropy, Eq. 3.16),
-  the optimiser and scheduler built from ``_partial_`` config nodes, gradient clipping,
-  and the metrics: ``val/*`` every validation epoch and ``test/*`` at test time, in percent
-  (losses stay raw). Model selection is on validation F1 (§4.1), so ``monitor = "val/f1"``.
+  the optimiser and scheduler built from ``_partial_`` config nodes, and the metrics:
+  ``val/*`` every validation epoch and, through :meth:`RiskPredictor.metrics`, the runner's
+  ``test/*``, in percent (losses stay raw). Model selection is on validation F1 (§4.1), so ``monitor = "val/f1"``.
 
 A new baseline is a new backbone plus a yaml file; ``MedDiffusion`` subclasses this module
 and only adds its loss terms.
@@ -99,8 +99,9 @@ class RiskPredictor(EHRModule):
             each epoch (ReduceLROnPlateau in seed 000 §4.1).
         early_stopping_patience: epochs without ``val/f1`` gain before the runner stops
             training (10 in the MedDiffusion authors' code); None disables it.
-        gradient_clip_val: max global gradient norm (1.0 in the authors' code); None: the
-            trainer's setting applies.
+
+    Gradient clipping is the trainer's (``trainer.gradient_clip_val``, by norm), which the
+    model's config sets to its paper's value (1.0 in the MedDiffusion authors' code).
     """
 
     monitor = "val/f1"
@@ -113,13 +114,11 @@ class RiskPredictor(EHRModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         early_stopping_patience: int | None = 10,
-        gradient_clip_val: float | None = 1.0,
     ):
         super().__init__(vocabulary)
         self.save_hyperparameters(ignore=["vocabulary"])
         self.backbone = backbone(vocab_size=self.vocab_size)
         self.early_stopping_patience = early_stopping_patience
-        self.gradient_clip_val = gradient_clip_val
         # Per-epoch buffers of (probability of class 1, label) for the epoch-level metrics:
         # PR-AUC and kappa are not averages of per-batch values.
         self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor]]] = {"val": [], "test": []}
@@ -186,13 +185,6 @@ class RiskPredictor(EHRModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"},
         }
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # The paper's clipping is part of the model's recipe, so it travels with the model
-        # config; a trainer-level value only applies when the model sets none.
-        clip_value = self.gradient_clip_val if self.gradient_clip_val is not None else gradient_clip_val
-        if clip_value:
-            self.clip_gradients(optimizer, gradient_clip_val=clip_value, gradient_clip_algorithm="norm")
 
     # --- helpers ---------------------------------------------------------------------------
 

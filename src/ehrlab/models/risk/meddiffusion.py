@@ -88,7 +88,6 @@ class MedDiffusion(RiskPredictor):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         early_stopping_patience: int | None = 10,
-        gradient_clip_val: float | None = 1.0,
         lambda_synthetic: float = 0.5,
         lambda_diffusion: float = 0.1,
         attention_dim: int = 64,
@@ -102,7 +101,7 @@ class MedDiffusion(RiskPredictor):
         tsne_patients: int = 200,
     ):
         # The base's save_hyperparameters() also records this subclass's arguments.
-        super().__init__(vocabulary, backbone, optimizer, scheduler, early_stopping_patience, gradient_clip_val)
+        super().__init__(vocabulary, backbone, optimizer, scheduler, early_stopping_patience)
         self.lambda_synthetic = lambda_synthetic
         self.lambda_diffusion = lambda_diffusion
         self.analysis_patients = analysis_patients
