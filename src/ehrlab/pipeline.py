@@ -30,8 +30,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -42,12 +40,10 @@ from ehrlab.cli import one_line_reason, user_error_in
 from ehrlab.config import check_config, resumed_config
 from ehrlab.data.cache import default_cache_dir, load_canonical, remove_stale_staging, staged_folder
 from ehrlab.data.datamodules import EHRDataModule
-from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
 from ehrlab.data.tasks.base import TaskData
 from ehrlab.errors import UserInputError
-from ehrlab.evaluation.prediction import plot_pr_and_roc_curves
+from ehrlab.families import Family, family_of
 from ehrlab.loggers import build_logger, finish, log_results
-from ehrlab.models.generative.base import Generator
 from ehrlab.serialization import write_json
 
 log = logging.getLogger(__name__)
@@ -116,14 +112,14 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         datamodule = EHRDataModule(task_data, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                    pin_memory=cfg.data.pin_memory)
         model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
-        check_model_fits_task(cfg, model, task_data)
+        family = family_of(model)
+        family.check(cfg, model, task_data)
+        check_splits_not_empty(task_data)
         logger = build_logger(cfg, run_dir)
         try:
-            trainer = train_or_load(cfg, model, datamodule, logger, run_dir)
+            trainer = train_or_load(cfg, model, family, datamodule, logger, run_dir)
             if trainer.is_global_zero:  # under DDP one rank tests, generates and evaluates
-                stage_metrics, plots = (generator_stages(cfg, model, task_data, run_dir)
-                                        if isinstance(model, Generator) else
-                                        risk_stages(cfg, model, datamodule, run_dir))
+                stage_metrics, plots = family.after_training(cfg, model, datamodule, task_data, run_dir)
                 metrics |= stage_metrics
                 log_results(logger, metrics, plots)
         except BaseException:
@@ -137,7 +133,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def train_or_load(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> pl.Trainer:
+def train_or_load(cfg: DictConfig, model, family: Family, datamodule, logger, run_dir: Path) -> pl.Trainer:
     """Train (stage train/all; from the run's last.ckpt when resuming) and keep the best
     weights, or load the weights of ckpt_path for the later stages."""
     trainer = build_trainer(cfg, model, logger, run_dir)
@@ -152,56 +148,10 @@ def train_or_load(cfg: DictConfig, model, datamodule, logger, run_dir: Path) -> 
             load_model_weights(model, trainer.checkpoint_callback.best_model_path)
     elif cfg.ckpt_path:
         load_model_weights(model, cfg.ckpt_path)
-    elif not (cfg.stage == "evaluate" and isinstance(model, Generator)):
+    elif not family.runs_untrained(cfg):
         raise UserInputError(f"stage={cfg.stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
                              "(a run directory's checkpoints/best.ckpt).")
     return trainer
-
-
-def generator_stages(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
-    """generate (stage generate/all, or evaluate of a checkpoint) then evaluate (evaluate/all)."""
-    metrics, plots = {}, []
-    if cfg.stage in ("generate", "all") or (cfg.stage == "evaluate" and cfg.ckpt_path and not cfg.synthetic_path):
-        metrics |= generate(cfg, model, task_data, run_dir)
-    if cfg.stage in ("evaluate", "all"):
-        evaluation, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
-        metrics |= evaluation
-    return metrics, plots
-
-
-def risk_stages(cfg: DictConfig, model, datamodule, run_dir: Path) -> tuple[dict, list[Path]]:
-    """Test metrics from the predictions on the whole test split, those predictions and
-    their PR/ROC curves (every stage past prepare), then the analyses the model declares
-    (its `analyses`, run by ehrlab.evaluation.risk_analyses; evaluate/all). Analyses may
-    plot patient-level points (a t-SNE): they stay in the run directory; only the aggregate
-    curves go to the logger."""
-    predictions = predict_test_split(model, datamodule)
-    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    metrics = {f"test/{name}": value
-               for name, value in model.metrics(predictions["label"].to_numpy(),
-                                                predictions["probability"].to_numpy()).items()}
-    plots = []
-    curves = run_dir / "pr_roc_curves.png"
-    if plot_pr_and_roc_curves(predictions["label"], predictions["probability"], curves,
-                              title=f"{type(model).__name__}, test split"):
-        plots.append(curves)
-    if cfg.stage in ("evaluate", "all"):
-        from ehrlab.evaluation.risk_analyses import run_risk_analyses
-
-        metrics |= run_risk_analyses(model, datamodule, run_dir)
-    return metrics, plots
-
-
-def predict_test_split(model, datamodule) -> pd.DataFrame:
-    """Every test patient's prediction at the loaded (best) weights, in this process: under
-    DDP, Lightning's test and predict loops would give each rank a padded shard instead."""
-    model.eval()
-    with torch.no_grad():
-        outputs = [model.predict_step({k: v.to(model.device) for k, v in batch.items()}, index)
-                   for index, batch in enumerate(datamodule.test_dataloader())]
-    return pd.DataFrame({k: torch.cat([o[k] for o in outputs]).float().cpu().numpy()
-                         if k == "probability" else torch.cat([o[k] for o in outputs]).cpu().numpy()
-                         for k in outputs[0]})
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
@@ -226,16 +176,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
     return task_data
 
 
-def check_model_fits_task(cfg: DictConfig, model: pl.LightningModule, task_data: TaskData) -> None:
-    model_name = type(model).__name__
-    is_generator = isinstance(model, Generator)
-    if is_generator and task_data.kind != "generation":
-        raise UserInputError(f"{model_name} is a generator: use task=generation (got a {task_data.kind} task).")
-    if not is_generator and task_data.kind != "risk":
-        raise UserInputError(f"{model_name} is a risk predictor: use a risk task such as task=heart_failure.")
-    if not is_generator and cfg.stage == "generate":
-        raise UserInputError(f"stage=generate needs a generator model (model=halo, model=gpt); {model_name} "
-                             "predicts risk: use stage=train, evaluate or all.")
+def check_splits_not_empty(task_data: TaskData) -> None:
     for split, sequences in task_data.splits.items():
         if sequences.n_patients == 0:
             raise UserInputError(f"the {split} split is empty ({task_data.stats.get('n_patients')} patients "
@@ -259,39 +200,6 @@ def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: P
         callbacks.append(EarlyStopping(monitor=model.monitor, mode=model.monitor_mode, patience=patience))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
                        default_root_dir=str(run_dir))
-
-
-def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
-    """Synthetic patients in the long format. Their ids count up from
-    SYNTHETIC_SUBJECT_ID_START, a range no reader lets a real patient into: a synthetic id
-    never equals a real one and says nothing about the real ids."""
-    from ehrlab.evaluation.synthetic.records import build_records
-    from ehrlab.evaluation.synthetic.structure import dataset_statistics
-
-    n = cfg.generate.n_patients or task_data.splits["train"].n_patients
-    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
-    records["subject_id"] = records["subject_id"].astype("int64") + SYNTHETIC_SUBJECT_ID_START
-    records.to_parquet(run_dir / "synthetic.parquet", index=False)
-    records.to_csv(run_dir / "synthetic.csv", index=False)
-    _, built = build_records({"synthetic": records})
-    return {f"synthetic/{k}": v for k, v in dataset_statistics(built["synthetic"]).items()}  # Table 12's row
-
-
-def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
-    from ehrlab.evaluation.synthetic import evaluate_synthetic, plot_paths
-    from ehrlab.evaluation.synthetic.records import read_long_table
-
-    path = Path(cfg.synthetic_path) if cfg.synthetic_path else run_dir / "synthetic.parquet"
-    if not path.exists():
-        raise UserInputError(f"no synthetic records at {path}: run stage=generate first, or give "
-                             "synthetic_path=/path/to/synthetic.parquet.")
-    synthetic = read_long_table(path, "synthetic_path")
-    vocabulary = task_data.vocabulary
-    out_dir = run_dir / "evaluation"
-    metrics = evaluate_synthetic(task_data.splits["train"].to_long_table(vocabulary),
-                                 task_data.splits["test"].to_long_table(vocabulary),
-                                 synthetic, out_dir, **cfg.evaluate)
-    return metrics, plot_paths(out_dir)
 
 
 def flat_numbers(stats: dict, prefix: str = "") -> dict[str, float]:

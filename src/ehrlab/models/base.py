@@ -24,6 +24,8 @@ from ehrlab.data.schema import PAD_CODE
 class EHRModule(pl.LightningModule):
     """Base of every ehrlab LightningModule."""
 
+    #: the model family (ehrlab.families): what the runner does with it after training
+    family: str | None = None
     #: metric logged during validation that selects the best checkpoint
     monitor: str = "val/loss"
     #: "min" or "max"

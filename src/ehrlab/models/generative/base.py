@@ -67,6 +67,7 @@ def _sorted_unique(
 class Generator(EHRModule):
     """Base of every synthetic-EHR generator (see the module docstring for the contract)."""
 
+    family = "generation"
     monitor = "val/loss"
     monitor_mode = "min"
 

@@ -104,6 +104,7 @@ class RiskPredictor(EHRModule):
     model's config sets to its paper's value (1.0 in the MedDiffusion authors' code).
     """
 
+    family = "risk"
     monitor = "val/f1"
     monitor_mode = "max"
 

@@ -1,0 +1,73 @@
+"""The generator family (seed 002): after training, generate synthetic patients and evaluate
+them against the real splits with the architecture-agnostic suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
+from ehrlab.data.tasks.base import TaskData
+from ehrlab.errors import UserInputError
+from ehrlab.families.base import Family
+
+
+class GeneratorFamily(Family):
+    name = "generation"
+    task_kind = "generation"
+    member = "a generator"
+    task_hint = "task=generation"
+    stages = ("train", "generate", "evaluate", "all")
+
+    def runs_untrained(self, cfg: DictConfig) -> bool:
+        # stage=evaluate without ckpt_path evaluates records already written (synthetic_path,
+        # or the run's own synthetic.parquet), whatever tool made them.
+        return cfg.stage == "evaluate"
+
+    def after_training(self, cfg: DictConfig, model, datamodule, task_data: TaskData,
+                       run_dir: Path) -> tuple[dict[str, float], list[Path]]:
+        """generate (stage generate/all, or evaluate of a checkpoint) then evaluate (evaluate/all)."""
+        metrics, plots = {}, []
+        if cfg.stage in ("generate", "all") or (cfg.stage == "evaluate" and cfg.ckpt_path and not cfg.synthetic_path):
+            metrics |= generate(cfg, model, task_data, run_dir)
+        if cfg.stage in ("evaluate", "all"):
+            evaluation, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
+            metrics |= evaluation
+        return metrics, plots
+
+
+def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
+    """Synthetic patients in the long format. Their ids count up from
+    SYNTHETIC_SUBJECT_ID_START, a range no reader lets a real patient into: a synthetic id
+    never equals a real one and says nothing about the real ids."""
+    from ehrlab.evaluation.synthetic.records import build_records
+    from ehrlab.evaluation.synthetic.structure import dataset_statistics
+
+    n = cfg.generate.n_patients or task_data.splits["train"].n_patients
+    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
+    records["subject_id"] = records["subject_id"].astype("int64") + SYNTHETIC_SUBJECT_ID_START
+    records.to_parquet(run_dir / "synthetic.parquet", index=False)
+    records.to_csv(run_dir / "synthetic.csv", index=False)
+    _, built = build_records({"synthetic": records})
+    return {f"synthetic/{k}": v for k, v in dataset_statistics(built["synthetic"]).items()}  # Table 12's row
+
+
+def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:
+    from ehrlab.evaluation.synthetic import evaluate_synthetic, plot_paths
+    from ehrlab.evaluation.synthetic.records import read_long_table
+
+    path = Path(cfg.synthetic_path) if cfg.synthetic_path else run_dir / "synthetic.parquet"
+    if not path.exists():
+        raise UserInputError(f"no synthetic records at {path}: run stage=generate first, or give "
+                             "synthetic_path=/path/to/synthetic.parquet.")
+    synthetic = read_long_table(path, "synthetic_path")
+    vocabulary = task_data.vocabulary
+    out_dir = run_dir / "evaluation"
+    metrics = evaluate_synthetic(task_data.splits["train"].to_long_table(vocabulary),
+                                 task_data.splits["test"].to_long_table(vocabulary),
+                                 synthetic, out_dir, **cfg.evaluate)
+    return metrics, plot_paths(out_dir)
+
+
+GENERATION = GeneratorFamily()

@@ -1,0 +1,47 @@
+"""Model families: every model names one, and the family decides what applies to it."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from ehrlab.config import CONFIG_DIR
+from ehrlab.data.schema import PAD_CODE
+from ehrlab.data.tasks.base import TaskData
+from ehrlab.errors import UserInputError
+from ehrlab.families import FAMILIES, family_of
+
+VOCABULARY = [PAD_CODE, "[UNK]", "DIAGNOSIS//ICD//9//401.9", "DIAGNOSIS//ICD//9//428.0"]
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_builds_a_member_of_a_family(model, make_config):
+    built = instantiate(make_config(f"model={model}").model, vocabulary=VOCABULARY)
+    family = family_of(built)
+    assert family is FAMILIES[built.family]
+    assert family.name == ("generation" if model.startswith(("halo", "gpt")) else "risk")
+
+
+def test_a_model_without_a_family_is_a_programming_error():
+    with pytest.raises(TypeError, match="declares no known model family"):
+        family_of(object())
+
+
+@pytest.mark.parametrize(("family", "task_kind", "stage", "message"), [
+    ("risk", "generation", "all", "is a risk predictor: use a risk task such as task=heart_failure"),
+    ("generation", "risk", "all", "is a generator: use task=generation"),
+    ("risk", "risk", "generate", "stage=generate does not apply to a risk predictor"),
+])
+def test_the_family_refuses_what_does_not_apply(family, task_kind, stage, message, make_config):
+    model = type("SomeModel", (), {"family": family})()
+    task_data = TaskData(kind=task_kind, vocabulary=VOCABULARY, splits={})
+    with pytest.raises(UserInputError, match=message):
+        FAMILIES[family].check(make_config(f"stage={stage}"), model, task_data)
+
+
+@pytest.mark.parametrize(("family", "stage", "untrained"), [
+    ("generation", "evaluate", True), ("generation", "generate", False), ("risk", "evaluate", False),
+])
+def test_only_a_generators_evaluation_runs_without_a_model(family, stage, untrained, make_config):
+    assert FAMILIES[family].runs_untrained(make_config(f"stage={stage}")) is untrained
