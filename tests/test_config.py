@@ -131,6 +131,7 @@ GPT = {  # seed 002 F.5 at the CPU default size
 }
 MODELS = {
     "lstm": LSTM,
+    "lstm_plain": LSTM | {"d_f": None},  # Table 2's LSTM: no time embedding
     "meddiffusion": MEDDIFFUSION,
     "meddiffusion_as1": MEDDIFFUSION | {"attention": None, "d_b": None},  # no h_{k-1}
     "meddiffusion_as2": MEDDIFFUSION | {"attention": "equal", "d_b": None},  # gamma fixed at 0.5 / 0.5
@@ -410,6 +411,7 @@ def test_seed_000_presets_hold_the_papers_settings(compose):
         assert lstm[key] == meddiffusion[key], key
     plain = instantiate(lstm.model, vocabulary=VOCABULARY)
     assert not plain.backbone.use_time_embedding and not hasattr(plain.backbone, "time_feature")
+    assert lstm.model == compose("model=lstm_plain").model  # the named config of Table 2's LSTM
     for model, expected in (("lstm", LSTM), ("meddiffusion_as1", MODELS["meddiffusion_as1"])):
         cfg = compose("experiment=meddiffusion_mimic3_hf", f"model={model}", f"data.root={MIMIC3_TINY}")
         assert model_values(cfg) == expected, model
