@@ -21,6 +21,7 @@ import pytest
 from ehrlab.data.schema import conform_events, conform_static
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.tasks.risk import RiskTask
+from ehrlab.errors import UserInputError
 
 TARGETS = {"icd9": ["428*"], "icd10": []}
 YEAR = 365.25  # days: ages are measured in Julian years
@@ -238,3 +239,37 @@ def test_matching_after_the_gap_counts_only_cases_left_with_history(tables):
     assert len(chosen) == 6 and chosen <= STRATUM_F60 - {12}
     assert data.stats["dropped"]["controls_not_matched"] == 19 - 6
     assert data.stats["dropped"]["matching_shortfall"] == 0
+
+
+def test_min_visits_counts_visits_up_to_the_index_visit(tables):
+    """task.min_visits: a patient needs that many visits up to and including its index visit.
+    At 3: case 1 (3 visits before onset) and case 3 (2) stay; case 2 (one visit before
+    onset, one after: 3 in its record, 2 up to the index), case 4 (2) and case 5 (onset at
+    its first visit) go; of the controls only patient 11 has 3 visits."""
+    data = build(tables, min_visits=3)
+    assert cohort(data) == {1: 1, 3: 1, 11: 0}
+    dropped = data.stats["dropped"]
+    assert dropped["cases_below_min_visits"] == 3  # patients 2, 4, 5
+    assert dropped["controls_below_min_visits"] == len(CONTROLS) - 1
+    assert dropped["cases_without_enough_history"] == 0
+    assert dropped["controls_without_enough_history"] == 0
+    assert input_visits(data, 3) == INPUT_VISITS[3]
+
+
+def test_min_visits_two_is_the_default_cohort_with_its_drops_named(tables):
+    """"At least two admissions" (seed 000 Table 1's MIMIC column): with min_history_visits 1
+    every kept patient already has an input visit and its index visit, so the cohort is the
+    default one; the patients with a single visit up to the index are counted as below
+    min_visits instead of as without history."""
+    default, two = build(tables), build(tables, min_visits=2)
+    assert cohort(two) == cohort(default)
+    assert two.stats["dropped"]["cases_below_min_visits"] == 1  # patient 5
+    assert two.stats["dropped"]["controls_below_min_visits"] == 2  # patients 19 and 25
+    assert two.stats["dropped"]["cases_without_enough_history"] == 0
+    assert two.stats["dropped"]["controls_without_enough_history"] == 0
+    assert default.stats["dropped"]["cases_below_min_visits"] == 0
+
+
+def test_min_visits_below_one_is_a_user_error():
+    with pytest.raises(UserInputError, match="task.min_visits"):
+        RiskTask("heart_failure", TARGETS, min_visits=0)

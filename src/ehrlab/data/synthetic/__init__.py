@@ -65,6 +65,33 @@ before it):
    phenotype/background mixture to fill the rest. Codes are ordered so that an acute,
    freshly drawn code is usually the primary diagnosis (SEQ_NUM 1) and E-codes never are.
 
+**Outpatient profile** (``data=synthetic_outpatient``; off by default, and then the output is
+byte for byte that of the model above). It changes three things:
+
+- ``case_onset="last"``: visits are drawn *before* the outcome. Visits per patient are
+  1 + a negative binomial with mean ``mean_visits_per_patient`` - 1, rising with the risk
+  factors only (``readmission_per_risk_factor``), not with case status; times as in step 6.
+  A case's disease is first coded at its last visit, which is where a control's index visit
+  is too, so both classes lose exactly their last visit and the visit count carries no
+  label.
+- 5b. **Precursor pairs** (``precursor_rate`` > 0). Per patient and cohort, with probability
+  ``precursor_rate``, two of the last ``PRECURSOR_LOOKBACK`` = 16 visits before the index
+  visit, 1-3 visits apart, carry the cohort's precursor codes A and B (``PRECURSOR_CODES``;
+  heart failure: shortness of breath 786.05 and oedema 782.3), A first or B first with
+  probability 1/2. The cohort's planted logit gains ``precursor_log_odds`` when A comes
+  first *and* B's admission is at most ``precursor_window_days`` after A's:
+  ``risk_d = sigmoid(alpha_d + ... + precursor_log_odds · [A before B, gap ≤ window])``
+  (the intercept is solved with this term in). B before A, or A then B too far apart, adds
+  nothing, so the same bag of codes carries different risks: a model that sees the order
+  of visits can use the order, one that sees their times the window too. Precursor codes
+  are written only by this model (never as free codes, never at the index visit).
+- The preset's other numbers: 10,000 patients, 36 visits per patient (negative binomial
+  shape 8, at most 80), 3.5 codes per visit (shape 2), 10,053 codes (TriNetX COPD's count),
+  gaps log-normal with median 30 days (sigma 1.0, about 4 years per patient), stays of a few
+  hours, risk factors coded at 30 % of visits, phenotypes rarely acquired (0.01 per visit),
+  heart-failure prevalence 8 % (so that each case finds 3 controls of its sex and age band),
+  ``precursor_rate`` 0.4, ``precursor_log_odds`` 3.0 (odds ×20), window 90 days.
+
 Decisions where the brief or MIMIC is silent:
 - Risk factors are present from the first admission (chronic conditions); only
   phenotypes and the cohort diseases progress over visits. This keeps ``risk`` a clean
@@ -83,8 +110,9 @@ Layout (one module per concern; this package only re-exports):
 - ``config``: ``SyntheticConfig``, every option and its validation;
 - ``catalogue``: the code universe and phenotype clusters (step 1);
 - ``patients``: demographics, phenotypes, admissions and their times (steps 2, 3, 6);
-- ``cohorts``: risk factors, the planted disease model and the codes each cohort's
-  disease is written with (``COHORT_EMITTED_CODES``; steps 4-5);
+- ``cohorts``: risk factors, the planted disease model, the codes each cohort's disease is
+  written with (``COHORT_EMITTED_CODES``; steps 4-5) and the outpatient profile's precursor
+  pairs (``PRECURSOR_CODES``, 5b);
 - ``diagnoses``: the codes of each visit (step 7);
 - ``generator``: one draw as in-memory tables; ``writers``: the folder on disk;
   ``statistics``: a draw's size, shape and cases; ``sampling``: shared numpy helpers;
@@ -98,16 +126,31 @@ tests/data/test_synthetic_generator.py checks that the two agree on every code t
 can write.
 """
 
-from ehrlab.data.synthetic.catalogue import PHENOTYPES, icd9_leaf_codes, phenotype_of_code
+from ehrlab.data.synthetic.catalogue import (
+    PHENOTYPES,
+    icd9_leaf_codes,
+    phenotype_of_code,
+)
 from ehrlab.data.synthetic.cohorts import (
-    COHORT_EMITTED_CODES, COHORTS, DISEASE_MODEL, RISK_FACTOR_MODEL, cohort_code_mask,
+    COHORT_EMITTED_CODES,
+    COHORTS,
+    DISEASE_MODEL,
+    RISK_FACTOR_MODEL,
+    cohort_code_mask,
 )
 from ehrlab.data.synthetic.config import SyntheticConfig
 from ehrlab.data.synthetic.generator import SyntheticTables, generate_synthetic_mimic3
 from ehrlab.data.synthetic.statistics import dataset_statistics
 from ehrlab.data.synthetic.writers import (
-    ADMISSIONS_COLUMNS, CONFIG_FILE, DIAGNOSES_COLUMNS, PATIENTS_COLUMNS, PLANTED_RISK_FILE,
-    read_planted_risk, read_synthetic_config, write_synthetic_mimic3, write_tables,
+    ADMISSIONS_COLUMNS,
+    CONFIG_FILE,
+    DIAGNOSES_COLUMNS,
+    PATIENTS_COLUMNS,
+    PLANTED_RISK_FILE,
+    read_planted_risk,
+    read_synthetic_config,
+    write_synthetic_mimic3,
+    write_tables,
 )
 
 __all__ = [

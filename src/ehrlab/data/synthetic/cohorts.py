@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ehrlab.data.synthetic.sampling import sigmoid
+from ehrlab.data.synthetic.sampling import segment_starts, sigmoid
 from ehrlab.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -52,6 +52,20 @@ COHORT_EMITTED_CODES: dict[str, dict[str, float]] = {
         "33182": 0.05, "33119": 0.04,
     },
 }
+
+#: The outpatient profile's precursor codes per cohort, (A, B): a cohort's planted risk rises
+#: when A is coded before B within ``precursor_window_days`` (package doc 5b). Real ICD-9
+#: symptom codes in no cohort definition; with the profile on they are never free codes.
+PRECURSOR_CODES: dict[str, tuple[str, str]] = {
+    "heart_failure": ("78605", "7823"),  # shortness of breath, then oedema
+    "copd": ("7862", "78607"),  # cough, then wheezing
+    "ckd": ("7910", "5939"),  # proteinuria, then a kidney disorder NOS
+    "dementia": ("78093", "79959"),  # memory loss, then other cognitive symptoms
+}
+#: the two visits of a precursor pair are 1 to this many visits apart, both among the last
+#: PRECURSOR_LOOKBACK visits before the index visit (so the tasks' max_visits=20 keeps them)
+PRECURSOR_MAX_STEP = 3
+PRECURSOR_LOOKBACK = 16
 
 #: Latent risk factors: the codes that record them (relative frequencies) and the
 #: logistic model of their presence at the first admission. ``age`` is per decade from
@@ -141,38 +155,75 @@ def _solve_intercept(linear: np.ndarray, prevalence: float) -> float:
     return 0.5 * (low + high)
 
 
-def sample_cohorts(config: SyntheticConfig, patients: Patients,
-                   rng: np.random.Generator) -> PlantedCohorts:
-    """Risk factors, planted disease risk, case status and onset timing (package doc 4-5)."""
+def sample_risk_factors(config: SyntheticConfig, patients: Patients, rng: np.random.Generator) -> np.ndarray:
+    """(n, F) presence of the latent risk factors at the first admission (package doc 4)."""
     n = len(patients.male)
     decades = (patients.age - 65.0) / 10.0
-
-    def phenotype_effect(effects: dict[str, float]) -> np.ndarray:
-        total = np.zeros(n)
-        for name, beta in effects.items():
-            if name in patients.phenotypes:
-                total += beta * patients.phenotype_present[:, patients.phenotypes.index(name)]
-        return total
-
     factors = np.zeros((n, len(RISK_FACTOR_MODEL)), dtype=bool)
     for j, spec in enumerate(RISK_FACTOR_MODEL.values()):
         logit = (spec["intercept"] + spec["age"] * decades + spec["male"] * patients.male
-                 + phenotype_effect(spec["phenotype"]))
+                 + _phenotype_effect(patients, spec["phenotype"]))
         factors[:, j] = rng.random(n) < sigmoid(logit)
+    return factors
 
+
+def _phenotype_effect(patients: Patients, effects: dict[str, float]) -> np.ndarray:
+    total = np.zeros(len(patients.male))
+    for name, beta in effects.items():
+        if name in patients.phenotypes:
+            total += beta * patients.phenotype_present[:, patients.phenotypes.index(name)]
+    return total
+
+
+def plant_diseases(config: SyntheticConfig, patients: Patients, factors: np.ndarray,
+                   rng: np.random.Generator, extra_logit: np.ndarray | None = None) -> PlantedCohorts:
+    """Planted disease risk, case status and onset timing (package doc 5); `extra_logit`
+    (n, D) adds the precursor signal of the outpatient profile before the intercept is solved."""
+    decades = (patients.age - 65.0) / 10.0
     factor_index = {name: j for j, name in enumerate(RISK_FACTOR_MODEL)}
-    risk = np.zeros((n, len(COHORTS)))
+    risk = np.zeros((len(factors), len(COHORTS)))
     intercepts = {}
     for d, cohort in enumerate(COHORTS):
         spec = DISEASE_MODEL[cohort]
-        linear = spec["age"] * decades + spec["male"] * patients.male + phenotype_effect(spec["phenotype"])
+        linear = spec["age"] * decades + spec["male"] * patients.male + _phenotype_effect(patients, spec["phenotype"])
         for name, beta in spec["factors"].items():
             linear = linear + beta * factors[:, factor_index[name]]
+        if extra_logit is not None:
+            linear = linear + extra_logit[:, d]
         intercepts[cohort] = _solve_intercept(linear, config.cohort_prevalence[cohort])
         risk[:, d] = sigmoid(intercepts[cohort] + linear)
     case = rng.random(risk.shape) < risk
     onset_after_first = case & (rng.random(risk.shape) < config.case_prior_visit_fraction)
     return PlantedCohorts(factors, risk, case, onset_after_first, intercepts)
+
+
+@dataclass
+class Precursors:
+    """The outpatient profile's precursor pairs, per patient and cohort (package doc 5b)."""
+
+    rank_a: np.ndarray  # (n, D) visit rank of code A, -1 = no pair
+    rank_b: np.ndarray  # (n, D) visit rank of code B, -1 = no pair
+    pattern: np.ndarray  # (n, D) bool: A before B, B within the window after A
+
+
+def sample_precursors(config: SyntheticConfig, n_visits: np.ndarray, admit_days: np.ndarray,
+                      rng: np.random.Generator) -> Precursors:
+    """Precursor pairs at two of the last PRECURSOR_LOOKBACK visits before the last (the
+    index visit), 1 to PRECURSOR_MAX_STEP visits apart, A first or B first with probability
+    1/2 each (package doc 5b)."""
+    shape = (len(n_visits), len(COHORTS))
+    history = (n_visits - 1)[:, None]  # visits before the index visit
+    step = 1 + np.floor(rng.random(shape) * PRECURSOR_MAX_STEP).astype(np.int64)
+    has = (rng.random(shape) < config.precursor_rate) & (history > step)
+    lowest = np.maximum(history - PRECURSOR_LOOKBACK, 0)
+    earlier = lowest + np.floor(rng.random(shape) * np.maximum(history - step - lowest, 1)).astype(np.int64)
+    later = earlier + step
+    a_first = rng.random(shape) < 0.5
+    first_visit = segment_starts(n_visits)[:, None]
+    gap_days = admit_days[first_visit + np.where(has, later, 0)] - admit_days[first_visit + np.where(has, earlier, 0)]
+    pattern = has & a_first & (gap_days <= config.precursor_window_days)
+    return Precursors(rank_a=np.where(has, np.where(a_first, earlier, later), -1),
+                      rank_b=np.where(has, np.where(a_first, later, earlier), -1), pattern=pattern)
 
 
 def cohort_code_mask(codes: pd.Series, cohort: str) -> pd.Series:

@@ -6,11 +6,14 @@ Under Hydra these are the options of `data=synthetic`'s source (`data.source.n_p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ehrlab.data.synthetic.catalogue import PHENOTYPES
 from ehrlab.data.synthetic.cohorts import COHORTS
 from ehrlab.errors import UserInputError
+
+#: the outpatient profile's options (off at their defaults)
+OUTPATIENT_FIELDS = ("case_onset", "precursor_rate", "precursor_log_odds", "precursor_window_days")
 
 
 @dataclass
@@ -76,6 +79,35 @@ class SyntheticConfig:
     post_discharge_mortality: float = 0.22
     #: share of admissions with no diagnosis rows (a MIMIC quirk)
     no_diagnosis_fraction: float = 0.001
+    # The outpatient-like, long-history profile (data=synthetic_outpatient; package doc,
+    # "Outpatient profile"). The defaults leave it off and the output byte-identical.
+    #: where a case's disease is first coded: "random" (an admission after the first with
+    #: probability case_prior_visit_fraction, else the first) or "last" (the case's last
+    #: visit, as a control's index visit is its last, so visit counts are drawn before the
+    #: outcome and carry no label)
+    case_onset: str = "random"
+    #: share of patients with a precursor pair per cohort (codes A and B of
+    #: PRECURSOR_CODES at two visits before the last, 1-3 visits apart, in either order with
+    #: probability 1/2); 0 writes no precursor code. Needs case_onset="last".
+    precursor_rate: float = 0.0
+    #: log-odds added to a cohort's planted risk when A comes before B and B's admission is
+    #: at most precursor_window_days after A's (the order and timing signal)
+    precursor_log_odds: float = 0.0
+    precursor_window_days: float = 90.0
+
+    def __post_init__(self):
+        # Hydra passes a mapping option as a DictConfig, which the folder's JSON cannot hold.
+        self.cohort_prevalence = dict(self.cohort_prevalence)
+
+    def record(self) -> dict:
+        """The options as written into a folder (SYNTHETIC_CONFIG.json, README): every field,
+        except the outpatient profile's while they keep their defaults, so that a default
+        folder is byte for byte what it was before the profile existed."""
+        record = asdict(self)
+        for option in fields(self):
+            if option.name in OUTPATIENT_FIELDS and record[option.name] == option.default:
+                del record[option.name]
+        return record
 
     def validate(self) -> None:
         if self.n_patients < 1:
@@ -95,6 +127,19 @@ class SyntheticConfig:
             raise UserInputError(
                 f"data.source.cohort_prevalence needs exactly the cohorts {list(COHORTS)}, "
                 f"got {sorted(self.cohort_prevalence)}.")
+        if self.case_onset not in ("random", "last"):
+            raise UserInputError(
+                f"data.source.case_onset={self.case_onset!r}: choose random or last.")
+        if not 0 <= self.precursor_rate <= 1:
+            raise UserInputError(
+                f"data.source.precursor_rate={self.precursor_rate}: must lie in [0, 1].")
+        if self.precursor_rate > 0 and self.case_onset != "last":
+            raise UserInputError(
+                f"data.source.precursor_rate={self.precursor_rate} needs data.source.case_onset=last: "
+                "the precursor signal is planted from the visits, so visits must be drawn before the outcome.")
+        if self.precursor_window_days <= 0:
+            raise UserInputError(
+                f"data.source.precursor_window_days={self.precursor_window_days}: must be > 0.")
         for cohort, prevalence in self.cohort_prevalence.items():
             if not 0 < prevalence < 1:
                 raise UserInputError(

@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 
 from ehrlab.data.synthetic.cohorts import COHORTS
-from ehrlab.data.synthetic.sampling import cumulative_probabilities, draw_codes, negative_binomial, segment_starts
+from ehrlab.data.synthetic.sampling import (
+    cumulative_probabilities,
+    draw_codes,
+    negative_binomial,
+    segment_starts,
+)
 
 if TYPE_CHECKING:
     from ehrlab.data.synthetic.catalogue import CodeUniverse
@@ -22,9 +27,14 @@ MAX_SEQ_NUM = 39  # the largest SEQ_NUM in MIMIC-III DIAGNOSES_ICD
 
 def _fixed_rows(config: SyntheticConfig, universe: CodeUniverse, cohorts: PlantedCohorts,
                 visit_patient: np.ndarray, visit_rank: np.ndarray, onset_rank: np.ndarray,
-                rng: np.random.Generator):
-    """(visit, code id, is_target) rows for recorded risk factors and cohort diseases."""
+                rng: np.random.Generator, extra: tuple[np.ndarray, np.ndarray] | None):
+    """(visit, code id, is_target) rows for recorded risk factors, cohort diseases and the
+    `extra` (visit, code id) rows (the outpatient profile's precursor codes)."""
     visits, codes, is_target = [], [], []
+    if extra is not None:
+        visits.append(extra[0])
+        codes.append(extra[1])
+        is_target.append(np.zeros(len(extra[0]), dtype=bool))
     recorded = cohorts.factors[visit_patient] & (rng.random((len(visit_patient), cohorts.factors.shape[1]))
                                                  < config.risk_factor_recording)
     for j, (ids, cumulative) in enumerate(universe.factor_codes.values()):
@@ -69,13 +79,14 @@ def _new_keys(taken: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def sample_diagnoses(config: SyntheticConfig, universe: CodeUniverse, patients: Patients,
                      cohorts: PlantedCohorts, n_visits: np.ndarray, visit_patient: np.ndarray,
-                     visit_rank: np.ndarray, onset_rank: np.ndarray,
-                     rng: np.random.Generator) -> pd.DataFrame:
-    """Diagnosis rows (visit index, code id, SEQ_NUM) for every visit (package doc 7)."""
+                     visit_rank: np.ndarray, onset_rank: np.ndarray, rng: np.random.Generator,
+                     extra: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """Diagnosis rows (visit index, code id, SEQ_NUM) for every visit (package doc 7);
+    `extra` (visit, code id) rows are written as they are, like recorded risk factors."""
     n_visits_total = len(visit_patient)
     n_codes = len(universe.codes)
     fixed_visit, fixed_code, fixed_target = _fixed_rows(
-        config, universe, cohorts, visit_patient, visit_rank, onset_rank, rng)
+        config, universe, cohorts, visit_patient, visit_rank, onset_rank, rng, extra)
     fixed_count = np.bincount(fixed_visit, minlength=n_visits_total)
     size = 1 + negative_binomial(rng, np.full(n_visits_total, config.mean_codes_per_visit - 1.0),
                                  config.codes_per_visit_dispersion)

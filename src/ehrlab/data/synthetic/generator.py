@@ -9,11 +9,22 @@ import numpy as np
 import pandas as pd
 
 from ehrlab.data.synthetic.catalogue import build_universe
-from ehrlab.data.synthetic.cohorts import COHORTS, RISK_FACTOR_MODEL, sample_cohorts
+from ehrlab.data.synthetic.cohorts import (
+    COHORTS,
+    RISK_FACTOR_MODEL,
+    plant_diseases,
+    sample_precursors,
+    sample_risk_factors,
+)
 from ehrlab.data.synthetic.config import SyntheticConfig
 from ehrlab.data.synthetic.diagnoses import sample_diagnoses
 from ehrlab.data.synthetic.patients import (
-    DAYS_PER_YEAR, SECONDS_PER_DAY, sample_patients, sample_times, sample_visit_counts,
+    DAYS_PER_YEAR,
+    SECONDS_PER_DAY,
+    sample_patients,
+    sample_times,
+    sample_visit_counts,
+    sample_visit_counts_before_outcome,
 )
 from ehrlab.data.synthetic.sampling import draw_labels, segment_starts, sigmoid
 
@@ -76,20 +87,33 @@ def generate_synthetic_mimic3(config: SyntheticConfig) -> SyntheticTables:
     rng = np.random.default_rng(config.seed)
     universe = build_universe(config, np.random.default_rng([config.seed, 1]))
     patients = sample_patients(config, rng)
-    cohorts = sample_cohorts(config, patients, rng)
+    factors = sample_risk_factors(config, patients, rng)
     n = config.n_patients
-    n_visits = sample_visit_counts(config, cohorts, rng)
-    visit_patient = np.repeat(np.arange(n), n_visits)
-    visit_rank = np.arange(len(visit_patient)) - segment_starts(n_visits)[visit_patient]
-
-    # Onset rank per (patient, cohort): a later admission chosen uniformly, or the first.
-    later = np.floor(1 + rng.random(cohorts.case.shape) * (n_visits[:, None] - 1)).astype(np.int64)
-    onset_rank = np.where(cohorts.onset_after_first & (n_visits[:, None] > 1), later, 0)
-    onset_rank = np.where(cohorts.case, onset_rank, -1)
-
-    admit, discharge = sample_times(config, n_visits, visit_patient, visit_rank, rng)
+    precursors = None
+    if config.case_onset == "last":
+        # Outpatient profile: visits and their times first, then the outcome, which may depend
+        # on them (the precursor pattern); every case's disease is coded at its last visit.
+        n_visits = sample_visit_counts_before_outcome(config, factors, rng)
+        visit_patient, visit_rank = _visit_index(n_visits)
+        admit, discharge = sample_times(config, n_visits, visit_patient, visit_rank, rng)
+        extra_logit = None
+        if config.precursor_rate > 0:
+            precursors = sample_precursors(config, n_visits, admit / SECONDS_PER_DAY, rng)
+            extra_logit = config.precursor_log_odds * precursors.pattern
+        cohorts = plant_diseases(config, patients, factors, rng, extra_logit)
+        cohorts.onset_after_first = cohorts.case & (n_visits[:, None] > 1)
+        onset_rank = np.where(cohorts.case, (n_visits - 1)[:, None], -1)
+    else:
+        cohorts = plant_diseases(config, patients, factors, rng)
+        n_visits = sample_visit_counts(config, cohorts, rng)
+        visit_patient, visit_rank = _visit_index(n_visits)
+        # Onset rank per (patient, cohort): a later admission chosen uniformly, or the first.
+        later = np.floor(1 + rng.random(cohorts.case.shape) * (n_visits[:, None] - 1)).astype(np.int64)
+        onset_rank = np.where(cohorts.onset_after_first & (n_visits[:, None] > 1), later, 0)
+        onset_rank = np.where(cohorts.case, onset_rank, -1)
+        admit, discharge = sample_times(config, n_visits, visit_patient, visit_rank, rng)
     diagnoses = sample_diagnoses(config, universe, patients, cohorts, n_visits, visit_patient,
-                                 visit_rank, onset_rank, rng)
+                                 visit_rank, onset_rank, rng, _precursor_rows(universe, precursors, n_visits))
 
     # Identifiers: MIMIC-like ranges, not in time order (readers must sort by ADMITTIME).
     subject_id = np.sort(rng.choice(np.arange(1, max(99_999, 2 * n)), size=n, replace=False))
@@ -161,7 +185,29 @@ def generate_synthetic_mimic3(config: SyntheticConfig) -> SyntheticTables:
         "risk_factor_prevalence": dict(zip(RISK_FACTOR_MODEL, cohorts.factors.mean(axis=0).round(4).tolist())),
         "free_codes": int(len(universe.free_ids)),
     }
+    if precursors is not None:
+        summary["precursor_pair_prevalence"] = dict(zip(COHORTS, (precursors.rank_a >= 0).mean(axis=0).round(4).tolist()))
+        summary["precursor_pattern_prevalence"] = dict(zip(COHORTS, precursors.pattern.mean(axis=0).round(4).tolist()))
     return SyntheticTables(patients_frame, admissions, diagnoses_frame, planted_risk, summary)
+
+
+def _visit_index(n_visits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patient and within-patient rank of every visit of the flat visit arrays."""
+    visit_patient = np.repeat(np.arange(len(n_visits)), n_visits)
+    return visit_patient, np.arange(len(visit_patient)) - segment_starts(n_visits)[visit_patient]
+
+
+def _precursor_rows(universe, precursors, n_visits: np.ndarray):
+    """(visit, code id) rows of the precursor codes A and B, or None when they are off."""
+    if precursors is None:
+        return None
+    first = segment_starts(n_visits)[:, None]
+    visits, codes = [], []
+    for ranks, column in ((precursors.rank_a, 0), (precursors.rank_b, 1)):
+        patient, cohort = np.nonzero(ranks >= 0)
+        visits.append(first[patient, 0] + ranks[patient, cohort])
+        codes.append(universe.precursor_ids[cohort, column])
+    return np.concatenate(visits), np.concatenate(codes)
 
 
 def _admissions_frame(config: SyntheticConfig, age: np.ndarray, visit_patient: np.ndarray,

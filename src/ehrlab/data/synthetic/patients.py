@@ -89,6 +89,16 @@ def sample_visit_counts(config: SyntheticConfig, cohorts: PlantedCohorts,
     return np.minimum(1 + needs_history + extra, config.max_visits_per_patient)
 
 
+def sample_visit_counts_before_outcome(config: SyntheticConfig, factors: np.ndarray,
+                                      rng: np.random.Generator) -> np.ndarray:
+    """Visits per patient of the outpatient profile (package doc, "Outpatient profile"):
+    drawn before the outcome, so they depend on the risk factors but not on case status."""
+    propensity = np.exp(config.readmission_per_risk_factor * factors.sum(axis=1))
+    scale = (config.mean_visits_per_patient - 1.0) * config.n_patients / propensity.sum()
+    extra = negative_binomial(rng, scale * propensity, config.visit_count_dispersion)
+    return np.minimum(1 + extra, config.max_visits_per_patient)
+
+
 def sample_times(config: SyntheticConfig, n_visits: np.ndarray, visit_patient: np.ndarray,
                  visit_rank: np.ndarray, rng: np.random.Generator):
     """Admission and discharge times in seconds since 1970, minute resolution."""

@@ -3,7 +3,6 @@ style plus the generator's own files (planted risk, README, config), and reads t
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import io
 import json
@@ -16,7 +15,14 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from ehrlab.data.synthetic.catalogue import PHENOTYPES
-from ehrlab.data.synthetic.cohorts import COHORTS, DISEASE_MODEL, RISK_FACTOR_MODEL
+from ehrlab.data.synthetic.cohorts import (
+    COHORTS,
+    DISEASE_MODEL,
+    PRECURSOR_CODES,
+    PRECURSOR_LOOKBACK,
+    PRECURSOR_MAX_STEP,
+    RISK_FACTOR_MODEL,
+)
 from ehrlab.data.synthetic.config import SyntheticConfig
 from ehrlab.data.synthetic.generator import SyntheticTables, generate_synthetic_mimic3
 from ehrlab.data.synthetic.statistics import dataset_statistics
@@ -82,7 +88,7 @@ def write_tables(out_dir: Path, config: SyntheticConfig, tables: SyntheticTables
     tables.planted_risk.to_parquet(out_dir / PLANTED_RISK_FILE, index=False)
     statistics = dataset_statistics(tables)
     (out_dir / "README.md").write_text(_readme(config, tables, statistics))
-    (out_dir / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.record(), indent=2, sort_keys=True) + "\n")
     return statistics
 
 
@@ -160,6 +166,27 @@ def _readme(config: SyntheticConfig, tables: SyntheticTables, statistics: dict) 
         "   codes carried over from the previous visit (chronic ones more often) and fresh",
         "   draws from the phenotype mixture up to a negative-binomial visit size.",
         "",
+    ]
+    if config.case_onset == "last":
+        lines += [
+            "**Outpatient profile.** Visits are drawn before the outcome (their number depends on",
+            "the risk factors, not on case status) and a case's disease is first coded at its last",
+            "visit, so cases and controls both lose exactly their last visit.",
+            "",
+        ]
+    if config.precursor_rate > 0:
+        pairs = ", ".join(f"{cohort} {a} then {b}" for cohort, (a, b) in PRECURSOR_CODES.items())
+        lines += [
+            f"**Order and timing signal.** Per cohort, with probability {config.precursor_rate}, two of",
+            f"the last {PRECURSOR_LOOKBACK} visits before the last (1-{PRECURSOR_MAX_STEP} visits apart) carry the",
+            f"precursor codes A and B ({pairs}), in either order with probability 1/2.",
+            f"The planted logit gains {config.precursor_log_odds:+g} when A comes first and B's admission is",
+            f"at most {config.precursor_window_days:g} days after A's; B first, or a longer gap, adds nothing.",
+            "Patients with a pair / with the pattern in this draw: " + "; ".join(f"{cohort} {summary['precursor_pair_prevalence'][cohort]:.3f} / "
+                        f"{summary['precursor_pattern_prevalence'][cohort]:.3f}" for cohort in COHORTS) + ".",
+            "",
+        ]
+    lines += [
         "## The ceiling",
         "",
         "`risk` is the generating model's own probability, so its PR-AUC on a test split is",
@@ -170,7 +197,7 @@ def _readme(config: SyntheticConfig, tables: SyntheticTables, statistics: dict) 
         "## This draw",
         "",
         "```json",
-        json.dumps({"statistics": statistics, "config": dataclasses.asdict(config)}, indent=2),
+        json.dumps({"statistics": statistics, "config": config.record()}, indent=2),
         "```",
         "",
     ]

@@ -22,7 +22,13 @@ import pandas as pd
 from ehrlab.data.schema import DIAGNOSIS_PREFIX
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.tasks.base import (
-    Task, TaskData, demographics, sequence_stats, split_and_encode, truncate_codes_per_visit, visit_codes,
+    Task,
+    TaskData,
+    demographics,
+    sequence_stats,
+    split_and_encode,
+    truncate_codes_per_visit,
+    visit_codes,
 )
 from ehrlab.errors import UserInputError
 from ehrlab.metrics import binary_classification_metrics
@@ -65,6 +71,14 @@ class RiskTask(Task):
             synthetic source.
         target_codes: {"icd9": [...], "icd10": [...]}.
         code_prefixes: which canonical codes form the input visits (default: diagnoses).
+        min_visits: patients with fewer visits up to and including their index visit (the
+            first target diagnosis of a case, the last visit of a control), counted before
+            `gap_days` and `max_visits` remove any, are dropped first (counted by label as
+            `*_below_min_visits`). Visits after a case's index visit do not count: a control
+            has none, so counting them would let a case in with a shorter history than a
+            control, and would select on what happens after the prediction. 1 keeps everyone;
+            2 is "patients with at least two admissions" and, with gap_days 0, is already
+            implied by min_history_visits 1 (one input visit plus the index visit).
         min_history_visits: patients with fewer input visits are dropped (counted by label).
         gap_days: input visits within this many days before the index visit are dropped too
             (a prediction gap; 0 = none).
@@ -82,7 +96,7 @@ class RiskTask(Task):
     kind = "risk"
 
     def __init__(self, name: str, target_codes: dict, code_prefixes: list[str] = ("DIAGNOSIS//",),
-                 min_history_visits: int = 1, gap_days: float = 0.0, max_visits: int | None = 50,
+                 min_visits: int = 1, min_history_visits: int = 1, gap_days: float = 0.0, max_visits: int | None = 50,
                  keep_visits: str = "last", max_codes_per_visit: int | None = None,
                  controls_per_case: int | None = 3, match_on: list[str] = ("gender", "age_band"),
                  age_band_years: int = 10, split: list[float] = (0.75, 0.10, 0.15)):
@@ -92,6 +106,9 @@ class RiskTask(Task):
             raise UserInputError(f"task.match_on: unknown {sorted(unknown)}; valid: gender, age_band")
         self.target_codes = {k: list(v) for k, v in dict(target_codes).items()}
         TargetCodes(**self.target_codes)  # a bad or empty list fails here, before any data is read
+        if min_visits < 1:
+            raise UserInputError(f"task.min_visits={min_visits}: every patient has its index visit, so use 1 or more.")
+        self.min_visits = min_visits
         self.min_history_visits = min_history_visits
         self.gap_days = gap_days
         self.controls_per_case = controls_per_case
@@ -106,6 +123,13 @@ class RiskTask(Task):
         is_case = rows["subject_id"].isin(onset.index).to_numpy()
         last_visit = rows.loc[~is_case].groupby("subject_id")["visit_time"].max()
         index_time = pd.concat([onset, last_visit])
+        up_to_index = rows.loc[rows["visit_time"].to_numpy() <= rows["subject_id"].map(index_time).to_numpy()]
+        n_visits = up_to_index.groupby("subject_id")["visit_key"].nunique()
+        too_few = n_visits.index[n_visits < self.min_visits]
+        dropped["cases_below_min_visits"] = int(onset.index.isin(too_few).sum())
+        dropped["controls_below_min_visits"] = int(last_visit.index.isin(too_few).sum())
+        onset, last_visit = onset.drop(too_few, errors="ignore"), last_visit.drop(too_few, errors="ignore")
+        index_time = index_time.drop(too_few)
         gap = pd.Timedelta(days=self.gap_days)
         rows = rows.loc[rows["visit_time"].to_numpy() < (rows["subject_id"].map(index_time) - gap).to_numpy()]
         rows = truncate_codes_per_visit(rows, self.max_codes_per_visit, dropped)
