@@ -200,7 +200,9 @@ def source_values(source) -> dict:
     values = {"class": type(source).__name__, "name": source.name}
     if source.name == "synthetic":
         return values | {"cache_dir": source.cache_dir, "n_patients": source.config.n_patients,
-                         "seed": source.config.seed}
+                         "seed": source.config.seed, "mean_visits_per_patient": source.config.mean_visits_per_patient,
+                         "mean_codes_per_visit": source.config.mean_codes_per_visit,
+                         "precursor_rate": source.config.precursor_rate}
     values["root"] = source.root
     if source.name == "meds":
         return values | {"code_prefixes": source.code_prefixes}
@@ -210,6 +212,8 @@ def source_values(source) -> dict:
     return values
 
 
+SYNTHETIC = {"class": "SyntheticSource", "name": "synthetic", "n_patients": 5000, "seed": 0,
+             "mean_visits_per_patient": 1.3, "mean_codes_per_visit": 11.0, "precursor_rate": 0.0}
 MIMIC3 = {"class": "MIMIC3Source", "name": "mimic3", "root": MIMIC3_TINY.resolve(), "tables": ["diagnoses"],
           "truncate_icd": False, "on_bad_lines": "error"}
 MIMIC4 = {"class": "MIMIC4Source", "name": "mimic4", "root": MIMIC4_DEMO.resolve(), "tables": ["diagnoses"],
@@ -217,9 +221,11 @@ MIMIC4 = {"class": "MIMIC4Source", "name": "mimic4", "root": MIMIC4_DEMO.resolve
 
 
 @pytest.mark.parametrize(("data", "overrides", "expected"), [
-    ("synthetic", [], {"class": "SyntheticSource", "name": "synthetic", "n_patients": 5000, "seed": 0}),
-    ("synthetic", ["data.source.n_patients=700", "data.source.seed=4"],
-     {"class": "SyntheticSource", "name": "synthetic", "n_patients": 700, "seed": 4}),
+    ("synthetic", [], SYNTHETIC),
+    ("synthetic", ["data.source.n_patients=700", "data.source.seed=4"], SYNTHETIC | {"n_patients": 700, "seed": 4}),
+    # seed 000 Table 1's TriNetX columns: ~30-39 visits per patient, 2.5-4.7 codes per visit
+    ("synthetic_outpatient", [], SYNTHETIC | {"n_patients": 10000, "mean_visits_per_patient": 36.0,
+                                              "mean_codes_per_visit": 3.5, "precursor_rate": 0.4}),
     ("mimic3", [f"data.root={MIMIC3_TINY}"], MIMIC3),
     ("mimic3", [f"data.root={MIMIC3_TINY}", "data.source.tables=[diagnoses,procedures]",
                 "data.source.truncate_icd=true", "data.source.on_bad_lines=skip"],
@@ -236,12 +242,12 @@ def test_data_configs_instantiate(compose, data, overrides, expected, tmp_path, 
 
         root = export_meds(MIMIC4Source(MIMIC4_DEMO).read(), tmp_path / "meds", None, "demo")
         overrides, expected = [f"data.root={root}"], expected | {"root": root.resolve()}
-    if data == "synthetic":
+    if data.startswith("synthetic"):
         expected = expected | {"cache_dir": cache_dir}  # the run's cache_dir
     source = instantiate(compose(f"data={data}", *overrides).data.source)
     assert source_values(source) == expected
     assert len(source.cache_key()) == 16
-    assert sorted(options("data")) == ["meds", "mimic3", "mimic4", "synthetic"]
+    assert sorted(options("data")) == ["meds", "mimic3", "mimic4", "synthetic", "synthetic_outpatient"]
 
 
 def trainer_values(trainer: pl.Trainer) -> dict:
@@ -344,6 +350,10 @@ GENERATION_F4 = {"name": "generation", "kind": "generation", "max_visits": 47, "
 EXPERIMENTS = {  # experiment: the task, model, trainer and run settings it stands for
     "meddiffusion_mimic3_hf": {"task": HEART_FAILURE_180, "model": MEDDIFFUSION, "batch_size": 32,
                                "trainer": {"max_epochs": 100, "validation": (1.0, 1)}, "n_patients": None},
+    # seed 000's protocol on the long-history preset, keeping the authors' TriNetX 50 visits
+    "meddiffusion_synthetic_outpatient_hf": {
+        "task": HEART_FAILURE_180 | {"gap_days": 0, "max_visits": 50}, "model": MEDDIFFUSION, "batch_size": 64,
+        "trainer": {"max_epochs": 30, "validation": (1.0, 1)}, "n_patients": None, "source": "synthetic_outpatient"},
     "lstm_mimic3_hf": {"task": HEART_FAILURE_180, "model": LSTM | {"d_f": None}, "batch_size": 32,
                        "trainer": {"max_epochs": 100, "validation": (1.0, 1)}, "n_patients": None},
     # F.4: 80 epochs, validation every 500 training batches counted across epochs
@@ -356,13 +366,17 @@ EXPERIMENTS = {  # experiment: the task, model, trainer and run settings it stan
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiment_configs_compose_and_instantiate(compose, experiment):
+def test_experiment_configs_compose_and_instantiate(compose, experiment, cache_dir):
     assert sorted(EXPERIMENTS) == options("experiment")
     expected = EXPERIMENTS[experiment]
     cfg = compose(f"experiment={experiment}", f"data.root={MIMIC3_TINY}")
     assert task_values(instantiate(cfg.task)) == expected["task"]
     assert model_values(cfg) == expected["model"]
-    assert source_values(instantiate(cfg.data.source)) == MIMIC3  # every paper setting reads MIMIC-III
+    source = source_values(instantiate(cfg.data.source))
+    if expected.get("source") == "synthetic_outpatient":
+        assert source["mean_visits_per_patient"] == 36.0 and source["cache_dir"] == cache_dir
+    else:
+        assert source == MIMIC3  # every paper setting reads MIMIC-III
     trainer = trainer_values(build_trainer_here(OmegaConf.to_container(cfg.trainer)))
     assert {key: trainer[key] for key in expected["trainer"]} == expected["trainer"]
     assert trainer["accelerator"] == "CPUAccelerator"  # the hardware is the trainer= preset's choice
