@@ -41,8 +41,13 @@ class Source(abc.ABC):
         """Everything the canonical tables depend on: options and input file fingerprints."""
 
     def cache_key(self) -> str:
-        identity = json.dumps({"source": self.name, **self.cache_identity()}, sort_keys=True, default=str)
-        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+        """Digest of `cache_identity`, computed once per source object: it hashes the input
+        files, and a run asks for it several times (task cache, canonical cache, the
+        synthetic folder)."""
+        if getattr(self, "_cache_key", None) is None:
+            identity = json.dumps({"source": self.name, **self.cache_identity()}, sort_keys=True, default=str)
+            self._cache_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return self._cache_key
 
 
 # Files up to this size are hashed whole; larger ones by sampled blocks (see file_fingerprints).
