@@ -46,6 +46,27 @@ def compose_config(overrides: list[str], run_dir: Path, cache_dir: Path, shrink:
     return cfg
 
 
+# A MedDiffusion small enough for unit tests (LSTM backbone, denoiser and attention shrunk).
+MEDDIFFUSION_SMALL = [
+    "model.backbone.visit_dim=16",
+    "model.backbone.hidden_dim=12",
+    "model.backbone.time_dim=8",
+    "model.backbone.dropout=0.0",
+    "model.attention_dim=8",
+    "model.denoiser.channels=8",
+    "model.diffusion_steps=50",
+]
+
+
+def compose_risk_model(name: str, vocabulary: list[str], overrides=()):
+    """conf/model/<name>.yaml with overrides, instantiated as the runner does."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
+    return instantiate(cfg.model, vocabulary=vocabulary)
+
+
 def run_cli(*args: str, cwd: Path = PROJECT_ROOT, env_extra: dict | None = None, timeout: int = 600):
     """`python run.py <args>` in a subprocess, as a user types it."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env_extra or {})}

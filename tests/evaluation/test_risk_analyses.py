@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from support import MEDDIFFUSION_SMALL, compose_risk_model
 
 from ehrlab import pipeline
-from ehrlab.config import CONFIG_DIR
 from ehrlab.evaluation.risk_analyses import (
     ANALYSES,
     ANALYSIS_SEED,
@@ -26,15 +24,7 @@ from ehrlab.models.risk.meddiffusion import MedDiffusion
 VOCABULARY = ["[PAD]", "[UNK]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//50912//mg/dL"] + [
     f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(250, 276)
 ]
-SMALL = [
-    "model.backbone.visit_dim=16",
-    "model.backbone.hidden_dim=12",
-    "model.backbone.time_dim=8",
-    "model.backbone.dropout=0.0",
-    "model.attention_dim=8",
-    "model.denoiser.channels=8",
-    "model.diffusion_steps=50",
-]
+SMALL = MEDDIFFUSION_SMALL
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +37,8 @@ def one_thread():
 
 
 def compose_model(name: str, overrides=()):
-    """conf/model/<name>.yaml with overrides, instantiated as the runner does."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
     torch.manual_seed(0)
-    return instantiate(cfg.model, vocabulary=VOCABULARY)
+    return compose_risk_model(name, VOCABULARY, overrides)
 
 
 def training_batch(n_patients: int, n_visits: int, n_codes: int, seed: int) -> dict[str, torch.Tensor]:

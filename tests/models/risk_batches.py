@@ -4,10 +4,7 @@ composed from the real conf/model files."""
 from __future__ import annotations
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-
-from ehrlab.config import CONFIG_DIR
+from support import compose_risk_model  # noqa: F401  (re-exported for the risk-model tests)
 
 
 def random_risk_batch(vocab_size: int, n_patients=6, n_visits=4, n_codes=3, seed=0, *, pad_last_code=False,
@@ -39,13 +36,6 @@ def random_risk_batch(vocab_size: int, n_patients=6, n_visits=4, n_codes=3, seed
         "subject_id": torch.arange(n_patients),
         "label": labels,
     }
-
-
-def compose_risk_model(name: str, vocabulary: list[str], overrides=()):
-    """conf/model/<name>.yaml with overrides, instantiated as the runner does."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=f"model/{name}", overrides=list(overrides))
-    return instantiate(cfg.model, vocabulary=vocabulary)
 
 
 # --- plain-torch references: expected values that do not call the modules under test ------

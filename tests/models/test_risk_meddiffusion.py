@@ -13,6 +13,7 @@ from risk_batches import (
     reference_lstm,
     reference_visit_embeddings,
 )
+from support import MEDDIFFUSION_SMALL
 from torch import nn
 
 from ehrlab.models.risk.base import RiskBackbone
@@ -28,15 +29,7 @@ from ehrlab.models.risk.meddiffusion import MedDiffusion
 VOCABULARY = ["[PAD]", "DIAGNOSIS//ICD//9//428.0", "DIAGNOSIS//ICD//9//401.9", "LAB//50912//mg/dL"] + [
     f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(250, 276)
 ]
-SMALL = [
-    "model.backbone.visit_dim=16",
-    "model.backbone.hidden_dim=12",
-    "model.backbone.time_dim=8",
-    "model.backbone.dropout=0.0",
-    "model.attention_dim=8",
-    "model.denoiser.channels=8",
-    "model.diffusion_steps=50",
-]
+SMALL = MEDDIFFUSION_SMALL
 
 
 def make_batch(n_patients=6, n_visits=4, n_codes=3, seed=0):
