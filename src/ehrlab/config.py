@@ -26,10 +26,20 @@ SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 STAGES = ("prepare", "train", "generate", "evaluate", "all")
 
 
+def model_label(model: str, augment: str | None) -> str:
+    """A run's model as directory names and reports show it: ``retain`` or
+    ``retain+diffusion`` (``model=retain augment=diffusion``)."""
+    return model if augment in (None, "none") else f"{model}+{augment}"
+
+
 def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
+    """Register what conf/ needs beyond its files: the `sweep` group from sweeps/, the
+    `ehrlab_model` resolver of the run-directory names, and the sweeper plugin."""
     # The sweeper that lists failed jobs (conf/config.yaml selects it); importing its
     # module registers its config node.
     import hydra_plugins.ehrlab_sweeper.ehrlab_sweeper  # noqa: F401
+
+    OmegaConf.register_new_resolver("ehrlab_model", model_label, replace=True)
 
     store = ConfigStore.instance()
     names = []

@@ -22,14 +22,19 @@ def random_risk_batch(vocab_size: int, n_patients=6, n_visits=4, n_codes=3, seed
     if pad_last_code:
         codes[:, :, -1] = 0
     codes = codes * visit_mask[..., None]
-    time_to_end = torch.rand(n_patients, n_visits, generator=generator) * 400 * visit_mask
+    # Visit days: increasing gaps of up to 200 days from the first visit.
+    gaps = torch.rand(n_patients, n_visits, generator=generator) * 200 * visit_mask
+    gaps[:, 0] = 0.0
+    days = gaps.cumsum(dim=1)
+    last_day = days.gather(1, (visit_counts - 1)[:, None])
+    time_to_end = (last_day - days) * visit_mask
     labels = torch.arange(n_patients) % 2 if alternate_labels else \
         torch.randint(0, 2, (n_patients,), generator=generator)
     return {
         "codes": codes,
         "visit_mask": visit_mask,
         "n_visits": visit_counts,
-        "time_delta": time_to_end.clone(),
+        "time_delta": gaps,
         "time_to_end": time_to_end,
         "age": torch.full((n_patients,), 70.0),
         "gender": torch.zeros(n_patients, dtype=torch.long),

@@ -60,7 +60,7 @@ def test_forward_shapes_and_last_visit():
     model = compose_model("lstm", SMALL)
     batch = make_batch()
     embeddings = model.backbone.embed_visits(batch)
-    hidden = model.backbone.encode(embeddings, batch["visit_mask"])
+    hidden = model.backbone.encode(embeddings, batch)
     assert embeddings.shape == (6, 4, 16) and hidden.shape == (6, 4, 16)
     assert model(batch).shape == (6, 2)
     last = last_visit(hidden, batch["visit_mask"])
@@ -155,7 +155,7 @@ def loader(batches):
     return torch.utils.data.DataLoader(_Batches(batches), batch_size=None)
 
 
-def fit_and_validate(model, epochs=8):
+def fit_and_validate(model, epochs=12):
     """Tiny Lightning fit; returns val metrics before and after, and the metrics logged by fit."""
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(

@@ -377,7 +377,7 @@ class TinyGRUBackbone(RiskBackbone):
     def embed_visits(self, batch):
         return self.embedding(batch["codes"]).sum(2)
 
-    def encode(self, visit_embeddings, visit_mask):
+    def encode(self, visit_embeddings, batch):
         return self.gru(visit_embeddings)[0]
 
 
@@ -435,11 +435,10 @@ def test_augmented_sequences_are_the_training_draw():
     generator, the synthetic CE of training_loss (Eq. 3.14) is that of augmented_sequences' e'_k."""
     model = compose_model("meddiffusion", SMALL)
     batch = make_batch()
-    visit_mask = batch["visit_mask"]
     visit_embeddings, hidden_states, synthetic = model.augmented_sequences(batch, seeded(4))
     torch.testing.assert_close(visit_embeddings, model.backbone.embed_visits(batch))
-    torch.testing.assert_close(hidden_states, model.backbone.encode(visit_embeddings, visit_mask))
-    synthetic_logits = model.backbone.classify(model.backbone.encode(synthetic, visit_mask), visit_mask)
+    torch.testing.assert_close(hidden_states, model.backbone.encode(visit_embeddings, batch))
+    synthetic_logits = model.backbone.classify(model.backbone.encode(synthetic, batch), batch)
     expected = torch.nn.functional.cross_entropy(synthetic_logits, batch["label"])
     torch.testing.assert_close(model.training_loss(batch, generator=seeded(4))["synthetic_ce"], expected)
     assert not torch.allclose(model.augmented_sequences(batch, seeded(5)).synthetic_visits, synthetic)

@@ -133,9 +133,9 @@ def _augmented_sample(model, dataloader, analysis_patients: int, tsne_patients: 
         n_visits += int(visit_mask.sum())
         n_patients += visit_mask.shape[0]
         if n_tsne < tsne_patients:
-            real_hidden.append(backbone.patient_representation(hidden_states, visit_mask).cpu())
-            synthetic_states = backbone.encode(synthetic, visit_mask)
-            synthetic_hidden.append(backbone.patient_representation(synthetic_states, visit_mask).cpu())
+            real_hidden.append(backbone.patient_representation(hidden_states, batch).cpu())
+            synthetic_states = backbone.encode(synthetic, batch)
+            synthetic_hidden.append(backbone.patient_representation(synthetic_states, batch).cpu())
             labels.append(batch["label"].cpu())
             n_tsne += visit_mask.shape[0]
     return AugmentedSample(

@@ -47,35 +47,54 @@ class RiskBackbone(nn.Module):
     """What a risk backbone exposes: visit embeddings, hidden states, a patient representation.
 
     Subclasses implement :meth:`embed_visits` and :meth:`encode`; the output layer
-    ``ŷ = Softmax(W_y h_K + b_y)`` (Eq. 3.13) is shared here and applied to
-    :meth:`patient_representation`, by default the hidden state of the last real visit.
+    ``ŷ = Softmax(W_y r + b_y)`` (Eq. 3.13) is shared here and applied to the patient
+    representation ``r`` of :meth:`patient_representation`, by default ``h_K``, the hidden
+    state of the last real visit. Backbones that pool their visits otherwise (attention,
+    dense interpolation) override it, and pass ``representation_dim`` if ``r`` is not
+    ``hidden_dim`` wide.
 
-    Contract: padding visits (``visit_mask`` False) and padding codes (id 0) must not change
-    the outputs for real visits. ``encode`` must be causal along visits if a wrapper is to
-    use ``h_{k−1}`` as the history of visit ``k`` (the LSTM is).
+    Every step after :meth:`embed_visits` receives the batch too: ``batch["visit_mask"]``
+    (bool [B, V]), and for time-aware backbones ``batch["time_delta"]`` (days since the
+    previous visit) and ``batch["time_to_end"]`` (days to the last input visit), both
+    float [B, V] and 0 at padding. A wrapper that synthesises visit embeddings (the
+    diffusion augmentation) encodes them with the real batch, so synthetic visits keep the
+    real visits' dates.
+
+    Contract, checked for every backbone by tests/models/test_risk_backbones.py:
+
+    - padding visits (``visit_mask`` False, always after the real ones) and padding codes
+      (id 0) do not change the outputs for real visits;
+    - :attr:`causal` backbones compute ``h_k`` from visits ``1..k`` only; the augmentation
+      reads ``h_{k−1}`` as the history of visit ``k``, which for a non-causal backbone
+      (bidirectional or reverse-time recurrences, attention over all visits) also carries
+      later visits — its docstring says what plays ``h_k``;
+    - :attr:`time_aware` backbones change their output when only the visit times change.
     """
 
-    def __init__(self, visit_dim: int, hidden_dim: int, n_classes: int = 2):
+    causal: bool = True
+    time_aware: bool = False
+
+    def __init__(self, visit_dim: int, hidden_dim: int, n_classes: int = 2, representation_dim: int | None = None):
         super().__init__()
         self.visit_dim = visit_dim
         self.hidden_dim = hidden_dim
-        self.output = nn.Linear(hidden_dim, n_classes)  # W_y, b_y of Eq. 3.13
+        self.output = nn.Linear(representation_dim or hidden_dim, n_classes)  # W_y, b_y of Eq. 3.13
 
     def embed_visits(self, batch: Batch) -> Tensor:
         """Visit embeddings ``e_k`` [B, V, visit_dim]."""
         raise NotImplementedError
 
-    def encode(self, visit_embeddings: Tensor, visit_mask: Tensor) -> Tensor:
+    def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         """Hidden states ``h_k`` [B, V, hidden_dim] from visit embeddings (real or synthetic)."""
         raise NotImplementedError
 
-    def patient_representation(self, hidden_states: Tensor, visit_mask: Tensor) -> Tensor:
-        """[B, hidden_dim]: ``h_K``, the hidden state of the last real visit."""
-        return last_visit(hidden_states, visit_mask)
+    def patient_representation(self, hidden_states: Tensor, batch: Batch) -> Tensor:
+        """[B, representation_dim]: by default ``h_K``, the hidden state of the last real visit."""
+        return last_visit(hidden_states, batch["visit_mask"])
 
-    def classify(self, hidden_states: Tensor, visit_mask: Tensor) -> Tensor:
+    def classify(self, hidden_states: Tensor, batch: Batch) -> Tensor:
         """Two-class logits [B, 2] (the softmax of Eq. 3.13 lives in the loss)."""
-        return self.output(self.patient_representation(hidden_states, visit_mask))
+        return self.output(self.patient_representation(hidden_states, batch))
 
     @property
     def code_embeddings(self) -> Tensor | None:
@@ -83,9 +102,7 @@ class RiskBackbone(nn.Module):
         return None
 
     def forward(self, batch: Batch) -> Tensor:
-        visit_mask = batch["visit_mask"]
-        hidden_states = self.encode(self.embed_visits(batch), visit_mask)
-        return self.classify(hidden_states, visit_mask)
+        return self.classify(self.encode(self.embed_visits(batch), batch), batch)
 
 
 class RiskPredictor(EHRModule):

@@ -48,6 +48,7 @@ class LSTMBackbone(RiskBackbone):
         self.code_bias = nn.Parameter(torch.zeros(visit_dim))  # b_v
         self.dropout = nn.Dropout(dropout)
         self.use_time_embedding = use_time_embedding
+        self.time_aware = use_time_embedding
         if use_time_embedding:
             self.time_feature = nn.Linear(1, time_dim)  # W_f, b_f
             self.time_projection = nn.Linear(time_dim, visit_dim)  # W_t, b_t
@@ -65,7 +66,7 @@ class LSTMBackbone(RiskBackbone):
             )
         return visit_embeddings
 
-    def encode(self, visit_embeddings: Tensor, visit_mask: Tensor) -> Tensor:
+    def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         hidden_states, _ = self.lstm(visit_embeddings)
         return hidden_states
 

@@ -2,9 +2,9 @@
 
 ``model=meddiffusion`` is this module around the LSTM backbone of
 :mod:`ehrlab.models.risk.lstm`; any other :class:`~ehrlab.models.risk.base.RiskBackbone`
-gets its ``+diffusion`` variant by a yaml file with ``defaults: [<baseline>, _self_]`` and
-``_target_: ehrlab.models.risk.meddiffusion.MedDiffusion`` (Appendix 6.4): the backbone
-node is inherited unchanged and the diffusion hyperparameters default to the paper's.
+gets its ``+diffusion`` variant (Appendix 6.4, Figure 3) from the ``augment`` config group:
+``model=retain augment=diffusion`` keeps the backbone node and sets this class and the
+paper's diffusion hyperparameters (conf/augment/diffusion.yaml).
 
 Decisions where the paper is silent or differs from the authors' code
 (see also :mod:`ehrlab.models.risk.diffusion` and :mod:`ehrlab.models.risk.denoiser`):
@@ -120,17 +120,17 @@ class MedDiffusion(RiskPredictor):
 
     def training_loss(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Eq. 3.15: ``L = L_LSTM + λ_S L'_LSTM + λ_D L_Diffusion`` and its named parts."""
-        visit_mask, labels = batch["visit_mask"], batch["label"]
+        labels = batch["label"]
         visit_embeddings = self.backbone.embed_visits(batch)
-        hidden_states = self.backbone.encode(visit_embeddings, visit_mask)
-        real_ce = F.cross_entropy(self.backbone.classify(hidden_states, visit_mask), labels)  # Eq. 3.16
-        augmentation = self.augmentation(visit_embeddings, hidden_states, visit_mask, generator=generator)
+        hidden_states = self.backbone.encode(visit_embeddings, batch)
+        real_ce = F.cross_entropy(self.backbone.classify(hidden_states, batch), labels)  # Eq. 3.16
+        augmentation = self.augmentation(visit_embeddings, hidden_states, batch["visit_mask"], generator=generator)
 
         losses = {"ce": real_ce, "diffusion_loss": augmentation.diffusion_loss}
         loss = real_ce + self.lambda_diffusion * augmentation.diffusion_loss
         if self.lambda_synthetic > 0:
-            synthetic_hidden = self.backbone.encode(augmentation.synthetic_visits, visit_mask)
-            synthetic_ce = F.cross_entropy(self.backbone.classify(synthetic_hidden, visit_mask), labels)  # Eq. 3.14
+            synthetic_hidden = self.backbone.encode(augmentation.synthetic_visits, batch)
+            synthetic_ce = F.cross_entropy(self.backbone.classify(synthetic_hidden, batch), labels)  # Eq. 3.14
             losses["synthetic_ce"] = synthetic_ce
             loss = loss + self.lambda_synthetic * synthetic_ce
         losses["loss"] = loss
@@ -141,8 +141,7 @@ class MedDiffusion(RiskPredictor):
     def augmented_sequences(self, batch: Batch, generator: torch.Generator | None = None) -> AugmentedSequences:
         """``e_k``, ``h_k`` and the synthetic ``e'_k`` of one batch, drawn as in training
         (Eq. 3.11–3.18); what the §4.6 analyses (Table 5, Figure 2) look at."""
-        visit_mask = batch["visit_mask"]
         visit_embeddings = self.backbone.embed_visits(batch)
-        hidden_states = self.backbone.encode(visit_embeddings, visit_mask)
-        synthetic = self.augmentation(visit_embeddings, hidden_states, visit_mask, generator=generator).synthetic_visits
+        hidden_states = self.backbone.encode(visit_embeddings, batch)
+        synthetic = self.augmentation(visit_embeddings, hidden_states, batch["visit_mask"], generator=generator).synthetic_visits
         return AugmentedSequences(visit_embeddings, hidden_states, synthetic)
