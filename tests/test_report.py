@@ -203,3 +203,43 @@ def test_a_sweep_where_no_job_completed_is_an_error_that_lists_them(tmp_path, ca
 def test_empty_directory_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="no job directory"):
         report(tmp_path)
+
+
+@pytest.fixture
+def table2_sweep(tmp_path):
+    """model × augment × seed as sweep=table2 runs it: PR-AUC = base + 3 (diffusion) + seed,
+    except that retain+diffusion is worse than plain in seed 1."""
+    base = {"lstm": 60.0, "retain": 50.0}
+    number = 0
+    for model in base:
+        for augment in ("none", "diffusion"):
+            for seed in (0, 1):
+                pr_auc = base[model] + seed + (3.0 if augment == "diffusion" else 0.0)
+                if (model, augment, seed) == ("retain", "diffusion", 1):
+                    pr_auc = base[model] + seed - 1.0
+                write_job(tmp_path, number, [f"model={model}", f"augment={augment}", f"seed={seed}"],
+                          {"test/pr_auc": pr_auc, "test/f1": 40.0 + seed, "test/kappa": 10.0 + number},
+                          status="completed", model=model)
+                number += 1
+    return tmp_path
+
+
+def test_model_sweep_renders_table_2_and_figure_3(table2_sweep):
+    text = report(table2_sweep)
+    table = text.split("## Table 2 layout (seed 000)")[1].split("##")[0]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"model", "lstm", "lstm+diffusion", "retain", "retain+diffusion"}
+    # the best PR-AUC (lstm+diffusion: 63, 64) in bold, and nothing else in that column
+    assert "**63.50 ± 0.71 (n = 2)**" in rows["lstm+diffusion"]
+    assert "**" not in rows["lstm"].split("|")[2]
+    # kappa = 10 + job number: the last two jobs (retain+diffusion) are best
+    assert rows["retain+diffusion"].rstrip(" |").endswith("**16.50 ± 0.71 (n = 2)**")
+
+    paired = pd.read_csv(table2_sweep / "paired_differences.csv").set_index("backbone")
+    assert paired.loc["lstm", "difference"] == pytest.approx(3.0)
+    assert paired.loc["lstm", "seeds_improved"] == 2
+    assert paired.loc["retain", "difference"] == pytest.approx((3.0 + -1.0) / 2)
+    assert paired.loc["retain", "seeds_improved"] == 1
+    assert "| retain | 50.50 | 51.50 | +1.00 ± 2.83 | 1 of 2 |" in text
+    assert (table2_sweep / "figure3_paired_bars.png").stat().st_size > 10_000
+    assert not list(table2_sweep.glob("heatmap_*.png"))  # model × augment is not a numeric grid

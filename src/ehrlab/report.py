@@ -8,7 +8,12 @@ over seeds:
   missing: expected from `multirun.yaml` but without a directory);
 - `<dir>/summary.csv` (one row per group and metric: mean, std, n);
 - for a 2-D grid (two swept keys besides the seed, e.g. λ_S × λ_D) a heatmap PNG per
-  metric, like Figures 4–7 of seed 000.
+  metric, like Figures 4–7 of seed 000;
+- for a comparison of models (``model=`` swept, optionally with ``augment=none,diffusion``,
+  as ``sweep=table2`` does) seed 000's Table 2 (PR-AUC, F1 and kappa, best mean per column
+  in bold) and, when ``augment`` is swept, Figure 3: each backbone plain and +diffusion as
+  paired bars (``figure3_paired_bars.png``) and in numbers, with the per-seed paired
+  difference.
 Standard deviations are sample standard deviations (ddof = 1) over the seeds; a cell of one
 job shows its value alone.
 """
@@ -33,9 +38,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ehrlab.cli import exit_on_user_error
+from ehrlab.config import model_label
 from ehrlab.errors import UserInputError
 
 DEFAULT_PREFIXES = ("test/", "eval/", "synthetic/", "data/planted_ceiling/")
+TABLE2_METRICS = ("test/pr_auc", "test/f1", "test/kappa")  # seed 000 Table 2's columns
 HEATMAP_METRICS = ("test/pr_auc", "test/f1", "test/kappa", "test/roc_auc", "eval/prevalence_r2", "eval/nnaar")
 # Job states besides "completed", in the order the report lists them.
 PROBLEM_STATES = ("failed", "incomplete", "unreadable", "missing")
@@ -315,6 +322,107 @@ def heatmaps(summary: pd.DataFrame, group_keys: list[str], out_dir: Path) -> lis
     return paths
 
 
+def is_model_comparison(group_keys: list[str]) -> bool:
+    """The sweep compares models: it varies `model`, and `augment` at most besides the seed."""
+    return "model" in group_keys and set(group_keys) <= {"model", "augment"}
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    augment = frame["augment"] if "augment" in frame else pd.Series("none", index=frame.index)
+    return frame.assign(label=[model_label(m, a if a != "(default)" else None) for m, a in zip(frame["model"], augment)])
+
+
+def model_table(summary: pd.DataFrame) -> str:
+    """Seed 000's Table 2 layout: one row per model (``X+diffusion`` for ``augment=diffusion``;
+    ``lstm+diffusion`` is MedDiffusion), PR-AUC, F1 and kappa as mean ± std, the best mean of
+    each column in bold."""
+    metrics = [m for m in TABLE2_METRICS if m in set(summary["metric"])]
+    if not metrics:
+        return ""
+    frame = _labelled(summary.loc[summary["metric"].isin(metrics)])
+    frame = frame.assign(cell=frame.apply(_cell, axis=1))
+    best = frame.groupby("metric")["mean"].transform("max")
+    frame.loc[frame["mean"] == best, "cell"] = "**" + frame["cell"] + "**"
+    wide = frame.pivot_table(index="label", columns="metric", values="cell", aggfunc="first")[metrics]
+    wide = wide.reset_index().rename(columns={"label": "model"})
+    return ("## Table 2 layout (seed 000)\n\nThe best mean of each column in bold; `lstm+diffusion` is "
+            "MedDiffusion.\n\n" + to_markdown(wide))
+
+
+def paired_differences(completed: pd.DataFrame, metric: str = "test/pr_auc") -> pd.DataFrame:
+    """Figure 3 in numbers: per backbone, its plain and +diffusion means and the difference
+    (+diffusion − plain) paired by seed: mean ± std, and in how many seeds it is positive."""
+    needed = {"setting:model", "setting:augment", "setting:seed", metric}
+    if not needed <= set(completed.columns):
+        return pd.DataFrame()
+    frame = completed.loc[completed["setting:augment"].isin(["none", "diffusion"])]
+    wide = frame.pivot_table(index=["setting:model", "setting:seed"], columns="setting:augment",
+                             values=metric, aggfunc="first")
+    if not {"none", "diffusion"} <= set(wide.columns):
+        return pd.DataFrame()
+    wide = wide.dropna(subset=["none", "diffusion"])
+    difference = (wide["diffusion"] - wide["none"]).groupby(level=0)
+    result = pd.DataFrame({
+        "plain": wide["none"].groupby(level=0).mean(),
+        "+diffusion": wide["diffusion"].groupby(level=0).mean(),
+        "difference": difference.mean(),
+        "difference_std": difference.std(),
+        "seeds_improved": difference.apply(lambda d: int((d > 0).sum())),
+        "seeds": difference.size(),
+    })
+    return result.rename_axis("backbone").reset_index()
+
+
+def paired_table(differences: pd.DataFrame, metric: str = "test/pr_auc") -> str:
+    if differences.empty:
+        return ""
+    rows = pd.DataFrame({
+        "backbone": differences["backbone"],
+        "plain": differences["plain"].map("{:.2f}".format),
+        "+diffusion": differences["+diffusion"].map("{:.2f}".format),
+        "difference, paired by seed": [
+            f"{d:+.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+            for d, s, n in zip(differences["difference"], differences["difference_std"], differences["seeds"])],
+        "seeds improved": [f"{k} of {n}" for k, n in zip(differences["seeds_improved"], differences["seeds"])],
+    })
+    return f"## Figure 3 in numbers ({metric}, mean over seeds)\n\n" + to_markdown(rows)
+
+
+def paired_bars(summary: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Figure 3 of seed 000: per backbone, the plain and +diffusion means (error bars: sample
+    std over seeds), one panel per Table 2 metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in TABLE2_METRICS if m in set(summary["metric"])]
+    frame = summary.loc[summary["metric"].isin(metrics) & summary["augment"].isin(["none", "diffusion"])]
+    if frame.empty or frame["augment"].nunique() < 2:
+        return None
+    backbones = sorted(frame["model"].unique())
+    positions = np.arange(len(backbones))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.8 * len(backbones) + 2), 2.6 * len(metrics)),
+                             squeeze=False, sharex=True)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for offset, (augment, name, colour) in zip((-0.2, 0.2), (("none", "plain", "#e8b339"),
+                                                                  ("diffusion", "+diffusion", "#3a78b5"))):
+            rows = frame.loc[(frame["metric"] == metric) & (frame["augment"] == augment)].set_index("model")
+            rows = rows.reindex(backbones)
+            ax.bar(positions + offset, rows["mean"], width=0.4, yerr=rows["std"].fillna(0.0), capsize=2,
+                   color=colour, label=name)
+        ax.set_ylabel(metric.removeprefix("test/"))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(loc="lower right", fontsize=8)
+    axes[0, 0].set_title("Plain vs +diffusion (mean ± std over seeds)", fontsize=10)
+    axes[-1, 0].set_xticks(positions, backbones, rotation=30, ha="right")
+    fig.tight_layout()
+    path = out_dir / "figure3_paired_bars.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _numeric_key(index: pd.Index) -> pd.Index:
     converted = pd.to_numeric(index, errors="coerce")
     return index if converted.isna().any() else converted
@@ -337,8 +445,18 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> 
     completed, group_keys = completed_table(sweep.jobs)
     summary = summarize(completed, group_keys, prefixes)
     summary.to_csv(multirun_dir / "summary.csv", index=False)
-    plots = heatmaps(summary, group_keys, multirun_dir)
     text = f"# Summary of {multirun_dir}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
+    if is_model_comparison(group_keys):
+        sections = [model_table(summary)]
+        plots = []
+        if "augment" in group_keys:
+            differences = paired_differences(completed)
+            differences.to_csv(multirun_dir / "paired_differences.csv", index=False)
+            sections.append(paired_table(differences))
+            plots = [p for p in [paired_bars(summary, multirun_dir)] if p is not None]
+        text += "".join(f"\n{section}\n" for section in sections if section)
+    else:
+        plots = heatmaps(summary, group_keys, multirun_dir)
     if problems:
         text += "\n## Jobs not in the table\n\n" + "\n".join(problems) + "\n"
     if sweep.notes:
