@@ -132,6 +132,10 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not test(value):
             raise UserInputError(f"{key}={value}: must be {requirement}.")
+    model = cfg.get("model") or {}
+    if model.get("_target_") == "ehrlab.models.risk.meddiffusion.MedDiffusion" and "backbone" not in model:
+        raise UserInputError("augment=diffusion wraps a risk model's backbone (model=lstm, retain, hitanet, ...); "
+                             "this model has none.")
     if cfg.get("resume") and cfg.stage not in ("train", "all"):
         raise UserInputError(f"resume= continues training; it cannot be combined with stage={cfg.stage}.")
     if cfg.get("ckpt_path") and cfg.stage in ("train", "all"):
