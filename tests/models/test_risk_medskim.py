@@ -1,0 +1,75 @@
+"""MedSkim (Cui et al., ICDM 2022): code selection, visit skipping, the BPRNN and the skip rate."""
+
+import torch
+from risk_batches import random_risk_batch
+
+from ehrlab.models.risk.medskim import MedSkimBackbone
+
+VOCAB = 30
+
+
+def small_backbone() -> MedSkimBackbone:
+    torch.manual_seed(0)
+    return MedSkimBackbone(VOCAB, visit_dim=16, hidden_dim=16, probe_dim=4, time_dim=8, dropout=0.0,
+                           embedding_dropout=0.0).eval()
+
+
+def make_batch(seed=0):
+    return random_risk_batch(VOCAB, n_patients=4, n_visits=5, n_codes=4, seed=seed, pad_last_code=True)
+
+
+def force(gate_mlp: torch.nn.Sequential, choice: int):
+    """Make a two-way gate always pick ``choice`` (0 = keep/read, 1 = skip)."""
+    with torch.no_grad():
+        gate_mlp[-1].weight.zero_()
+        gate_mlp[-1].bias.copy_(torch.tensor([10.0, -10.0] if choice == 0 else [-10.0, 10.0]))
+
+
+def other_codes(batch):
+    changed = dict(batch, codes=batch["codes"].clone())
+    changed["codes"] = torch.where(changed["codes"] != 0, (changed["codes"] + 7) % (VOCAB - 2) + 2, 0)
+    return changed
+
+
+def test_skipped_visits_and_deselected_codes_contribute_nothing():
+    batch = make_batch()
+    backbone = small_backbone()
+    force(backbone.visit_skip, 0)
+    force(backbone.code_selection, 0)
+    with torch.no_grad():
+        assert not torch.allclose(backbone(other_codes(batch)), backbone(batch))
+        assert backbone.skip_rate(batch) == 0.0  # every real code read
+        regulariser = backbone.auxiliary_losses(batch)["skip_regulariser"]
+    torch.testing.assert_close(regulariser, torch.tensor(0.1 * 0.3**2))
+
+    for name in ("visit_skip", "code_selection"):  # skip every visit, or drop every code
+        backbone = small_backbone()
+        force(backbone.visit_skip, 0)
+        force(backbone.code_selection, 0)
+        force(getattr(backbone, name), 1)
+        with torch.no_grad():
+            torch.testing.assert_close(backbone(other_codes(batch)), backbone(batch))
+            assert backbone.skip_rate(batch) == 1.0
+
+
+def test_gates_are_random_in_training_and_deterministic_in_eval():
+    batch = make_batch(seed=1)
+    backbone = small_backbone()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(batch), backbone(batch))
+        backbone.train()
+        torch.manual_seed(1)
+        draws = [backbone(batch) for _ in range(4)]
+    assert any(not torch.allclose(draws[0], other) for other in draws[1:])
+
+
+def test_backward_probe_reads_each_patients_real_visits_in_reverse():
+    """f_k = the LSTM over u_K..u_k of the patient alone, whatever padding follows."""
+    batch = make_batch(seed=2)
+    backbone = small_backbone()
+    inputs = torch.randn(4, 5, 16)
+    with torch.no_grad():
+        probes = backbone._backward_probe(inputs, batch["visit_mask"])
+        for b, n in enumerate(batch["n_visits"].tolist()):
+            expected, _ = backbone.probe(inputs[b, :n].flip(0)[None])
+            torch.testing.assert_close(probes[b, :n], expected[0].flip(0))
