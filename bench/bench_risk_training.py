@@ -1,4 +1,4 @@
-"""Training throughput of the risk models: LSTM vs MedDiffusion (seed 000) at §4.1's dimensions.
+"""Training throughput of the risk models (seed 000) at §4.1's dimensions, each relative to the LSTM.
 
 One training step = forward, loss, backward, gradient clipping (norm 1.0) and an Adam step,
 exactly what ``RiskPredictor.training_step`` does under Lightning minus the trainer's own
@@ -8,8 +8,9 @@ The number of real visits per patient is drawn uniformly from 1..visits, codes p
 from 1..codes (padding after them, as the DataModules produce).
 
 Prints patients per second (median over ``--repeats`` timed blocks of ``--steps`` steps)
-for each model and the step-time ratio of each MedDiffusion variant to the LSTM, measured
-in the same run. Usage: ``python bench/bench_risk_training.py [--threads 2]``.
+for each model and its step-time ratio to the LSTM, measured in the same run: every
+backbone of Table 2 plain and with ``augment=diffusion`` (Figure 3), and MedDiffusion's
+ablation AS-3. Usage: ``python bench/bench_risk_training.py [--threads 2] [--models lstm retain]``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from hydra.utils import instantiate
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VOCAB_SIZE = 4894
+TABLE2_BACKBONES = ("lstm", "lstm_plain", "dipole", "retain", "sand", "adacare", "lsan", "retainex", "timeline",
+                    "tlstm", "hitanet", "medskim")
 
 
 def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator: torch.Generator) -> dict:
@@ -33,12 +36,15 @@ def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator:
     n_codes = torch.randint(1, max_codes + 1, (batch_size, max_visits), generator=generator)
     code_mask = (torch.arange(max_codes)[None, None] < n_codes[..., None]) & visit_mask[..., None]
     codes = torch.randint(1, VOCAB_SIZE, (batch_size, max_visits, max_codes), generator=generator) * code_mask
-    time_to_end = torch.rand(batch_size, max_visits, generator=generator) * 720 * visit_mask
+    gaps = torch.rand(batch_size, max_visits, generator=generator) * 90 * visit_mask
+    gaps[:, 0] = 0.0
+    days = gaps.cumsum(dim=1)
+    time_to_end = (days.gather(1, (n_visits - 1)[:, None]) - days) * visit_mask
     return {
         "codes": codes,
         "visit_mask": visit_mask,
         "n_visits": n_visits,
-        "time_delta": time_to_end,
+        "time_delta": gaps,
         "time_to_end": time_to_end,
         "age": torch.full((batch_size,), 60.0),
         "gender": torch.zeros(batch_size, dtype=torch.long),
@@ -47,10 +53,10 @@ def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator:
     }
 
 
-def build(model_name: str, overrides: list[str]):
+def build(model_name: str, augment: str, overrides: list[str]):
     vocabulary = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{i:05d}" for i in range(1, VOCAB_SIZE)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name=f"model/{model_name}", overrides=overrides)
+        cfg = compose(config_name="config", overrides=[f"model={model_name}", f"augment={augment}", *overrides])
     model = instantiate(cfg.model, vocabulary=vocabulary)
     model.train()
     return model
@@ -89,6 +95,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=list(TABLE2_BACKBONES),
+                        help="risk backbones (conf/model names), the first is the reference (default: %(default)s)")
     parser.add_argument(
         "--unet", action="store_true", help="also time the authors'-size UNet denoiser (very slow on CPU: 1 × 2 steps)"
     )
@@ -98,15 +106,15 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(args.batch_size, args.visits, args.codes, generator) for _ in range(8)]
 
-    variants = {
-        "lstm": ("lstm", []),
-        "meddiffusion (ConvDenoiser, default)": ("meddiffusion", []),
-        "meddiffusion AS-3 (λ_S = 0)": ("meddiffusion_as3", []),
-    }
+    variants = {}
+    for name in args.models:
+        variants[name] = (name, "none", [])
+        variants[f"{name}+diffusion"] = (name, "diffusion", [])
+    variants["meddiffusion AS-3 (λ_S = 0)"] = ("meddiffusion_as3", "none", [])
     unet_label = "meddiffusion (UNet1dDenoiser 128×(1,2,4,8))"
     if args.unet:
         variants[unet_label] = (
-            "meddiffusion",
+            "meddiffusion", "none",
             ["model.denoiser._target_=ehrlab.models.risk.denoiser.UNet1dDenoiser", "~model.denoiser.n_blocks"],
         )
 
@@ -115,19 +123,20 @@ def main() -> None:
         f"d_e = d_h = 256, torch threads {args.threads}; median of {args.repeats} × {args.steps} steps"
     )
     print(
-        f"{'model':<46} {'params':>10} {'wall ms/step':>13} {'patients/s':>11} {'× lstm':>7} "
+        f"{'model':<32} {'params':>10} {'wall ms/step':>13} {'patients/s':>11} {'× lstm':>7} "
         f"{'CPU ms/step':>12} {'CPU × lstm':>11}"
     )
     lstm_wall = lstm_cpu = None
-    for label, (name, overrides) in variants.items():
-        model = build(name, overrides)
+    for label, (name, augment, overrides) in variants.items():
+        model = build(name, augment, overrides)
         steps, repeats = (2, 1) if label == unet_label else (args.steps, args.repeats)
         wall, cpu = (statistics.median(t) for t in seconds_per_step(model, batches, steps, repeats))
         lstm_wall, lstm_cpu = lstm_wall or wall, lstm_cpu or cpu
         n_parameters = sum(p.numel() for p in model.parameters())
         print(
-            f"{label:<46} {n_parameters:>10,} {1000 * wall:>13.1f} {args.batch_size / wall:>11.1f} "
-            f"{wall / lstm_wall:>7.2f} {1000 * cpu:>12.1f} {cpu / lstm_cpu:>11.2f}"
+            f"{label:<32} {n_parameters:>10,} {1000 * wall:>13.1f} {args.batch_size / wall:>11.1f} "
+            f"{wall / lstm_wall:>7.2f} {1000 * cpu:>12.1f} {cpu / lstm_cpu:>11.2f}",
+            flush=True,
         )
 
 

@@ -17,6 +17,7 @@ from ehrlab.models.base import PAD_CODE
 from ehrlab.models.generative.gpt import GPTBaseline
 from ehrlab.models.generative.halo import HALO
 from ehrlab.models.risk.base import RiskPredictor
+from ehrlab.models.risk.lstm import LSTMBackbone
 from ehrlab.models.risk.meddiffusion import MedDiffusion
 
 VOCABULARY = [PAD_CODE, *(f"DIAGNOSIS//ICD//9//{c}" for c in ("401.9", "428.0", "250.00", "414.01", "V45.81"))]
@@ -35,7 +36,7 @@ def compose(tmp_path, cache_dir):
 
 
 def test_every_group_has_options():
-    for group in ("data", "task", "model", "trainer", "logger", "experiment"):
+    for group in ("data", "task", "model", "augment", "trainer", "logger", "experiment"):
         assert options(group), group
 
 
@@ -57,15 +58,23 @@ def model_values(cfg) -> dict:
         scheduler = configured["lr_scheduler"]
         plateau = scheduler["scheduler"]
         values |= {
-            "d_e": backbone.code_embedding.embedding_dim,
-            "lstm": (backbone.lstm.input_size, backbone.lstm.hidden_size),  # d_e -> d_h
-            "d_f": backbone.time_feature.out_features if backbone.use_time_embedding else None,
-            "dropout": backbone.dropout.p,
+            "backbone": type(backbone).__name__,
+            "d_e": backbone.visit_dim,
+            "d_h": backbone.hidden_dim,
+            "causal": backbone.causal,
+            "time_aware": backbone.time_aware,
             "classes": backbone.output.out_features,
             **optimizer_values(configured["optimizer"]),
             "scheduler": (type(plateau).__name__, plateau.mode, plateau.factor, plateau.patience,
                           scheduler["monitor"], scheduler["interval"]),
             "early_stopping_patience": module.early_stopping_patience,
+        }
+    if isinstance(module, RiskPredictor) and isinstance(module.backbone, LSTMBackbone):
+        backbone = module.backbone
+        values |= {
+            "lstm": (backbone.lstm.input_size, backbone.lstm.hidden_size),  # d_e -> d_h
+            "d_f": backbone.time_feature.out_features if backbone.use_time_embedding else None,
+            "dropout": backbone.dropout.p,
         }
     if isinstance(module, MedDiffusion):
         augmentation = module.augmentation
@@ -109,11 +118,34 @@ def model_values(cfg) -> dict:
     return values
 
 
-LSTM = {  # seed 000 §4.1 and the authors' code (README, Models)
-    "class": "RiskPredictor", "monitor": ("val/f1", "max"), "d_e": 256, "lstm": (256, 256), "d_f": 64,
-    "dropout": 0.1, "classes": 2, "optimizer": "Adam", "lr": 1e-3, "weight_decay": 1e-3,
-    "scheduler": ("ReduceLROnPlateau", "max", 0.2, 5, "val/f1", "epoch"), "early_stopping_patience": 10,
-    "gradient_clip_val": 1.0,
+SEED000_RECIPE = {  # seed 000 §4.1 ("baselines are run under the same settings") and the authors' code
+    "class": "RiskPredictor", "monitor": ("val/f1", "max"), "classes": 2, "optimizer": "Adam", "lr": 1e-3,
+    "weight_decay": 1e-3, "scheduler": ("ReduceLROnPlateau", "max", 0.2, 5, "val/f1", "epoch"),
+    "early_stopping_patience": 10, "gradient_clip_val": 1.0,
+}
+LSTM = SEED000_RECIPE | {  # README, Models
+    "backbone": "LSTMBackbone", "d_e": 256, "d_h": 256, "causal": True, "time_aware": True, "lstm": (256, 256),
+    "d_f": 64, "dropout": 0.1,
+}
+
+
+def backbone(name, d_e=256, d_h=256, *, causal, time_aware):
+    """Table 2's other backbones (§6.2) under seed 000's recipe at §4.1's d_e = d_h = 256,
+    unless the backbone's design says otherwise (its docstring)."""
+    return SEED000_RECIPE | {"backbone": name, "d_e": d_e, "d_h": d_h, "causal": causal, "time_aware": time_aware}
+
+
+BACKBONES = {
+    "dipole": backbone("DipoleBackbone", causal=False, time_aware=False),  # bidirectional GRU
+    "retain": backbone("RetainBackbone", causal=False, time_aware=False),  # reverse-time GRUs
+    "sand": backbone("SAnDBackbone", causal=True, time_aware=False),  # masked self-attention
+    "adacare": backbone("AdaCareBackbone", causal=True, time_aware=False),  # causal dilated convolutions + GRU
+    "lsan": backbone("LSANBackbone", d_h=512, causal=False, time_aware=False),  # [global; local] per visit
+    "retainex": backbone("RetainExBackbone", d_e=512, causal=False, time_aware=True),  # two embeddings of 256
+    "timeline": backbone("TimelineBackbone", causal=True, time_aware=True),
+    "tlstm": backbone("TLSTMBackbone", causal=True, time_aware=True),
+    "hitanet": backbone("HiTANetBackbone", causal=False, time_aware=True),
+    "medskim": backbone("MedSkimBackbone", causal=False, time_aware=True),  # backward probing RNN
 }
 MEDDIFFUSION = LSTM | {
     "class": "MedDiffusion", "lambdas": (0.5, 0.1), "diffusion_steps": 1000, "betas": (1e-4, 0.02),
@@ -131,7 +163,8 @@ GPT = {  # seed 002 F.5 at the CPU default size
 }
 MODELS = {
     "lstm": LSTM,
-    "lstm_plain": LSTM | {"d_f": None},  # Table 2's LSTM: no time embedding
+    "lstm_plain": LSTM | {"d_f": None, "time_aware": False},  # Table 2's LSTM: no time embedding
+    **BACKBONES,
     "meddiffusion": MEDDIFFUSION,
     "meddiffusion_as1": MEDDIFFUSION | {"attention": None, "d_b": None},  # no h_{k-1}
     "meddiffusion_as2": MEDDIFFUSION | {"attention": "equal", "d_b": None},  # gamma fixed at 0.5 / 0.5
@@ -354,7 +387,7 @@ EXPERIMENTS = {  # experiment: the task, model, trainer and run settings it stan
     "meddiffusion_synthetic_outpatient_hf": {
         "task": HEART_FAILURE_180 | {"gap_days": 0, "max_visits": 50}, "model": MEDDIFFUSION, "batch_size": 64,
         "trainer": {"max_epochs": 30, "validation": (1.0, 1)}, "n_patients": None, "source": "synthetic_outpatient"},
-    "lstm_mimic3_hf": {"task": HEART_FAILURE_180, "model": LSTM | {"d_f": None}, "batch_size": 32,
+    "lstm_mimic3_hf": {"task": HEART_FAILURE_180, "model": MODELS["lstm_plain"], "batch_size": 32,
                        "trainer": {"max_epochs": 100, "validation": (1.0, 1)}, "n_patients": None},
     # F.4: 80 epochs, validation every 500 training batches counted across epochs
     "halo_mimic3": {"task": GENERATION_F4, "model": HALO_PAPER, "batch_size": 48,
@@ -392,8 +425,11 @@ def test_sweeps_compose(tmp_path, cache_dir, sweep):
 
     params = HydraConfig.get().sweeper.params
     assert params, sweep
-    for key in params:  # every swept key exists in the composed config
-        assert OmegaConf.select(cfg, key) is not None, key
+    for key, values in params.items():
+        if (CONFIG_DIR / key).is_dir():  # a config group: every swept option exists
+            assert set(values.split(",")) <= set(options(key)), key
+        else:  # every swept key exists in the composed config
+            assert OmegaConf.select(cfg, key) is not None, key
 
 
 def test_lambda_grid_matches_appendix_6_5(tmp_path, cache_dir):

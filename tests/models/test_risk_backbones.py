@@ -14,9 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from risk_batches import random_risk_batch
 
-from ehrlab.config import CONFIG_DIR
+from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.risk.base import RiskBackbone, RiskPredictor
 from ehrlab.models.risk.meddiffusion import MedDiffusion
 
@@ -69,6 +70,17 @@ def with_more_padding(batch, extra_visits=3, extra_codes=2):
     for key in ("time_to_end", "time_delta"):
         padded[key] = torch.nn.functional.pad(batch[key], (0, extra_visits))
     return padded
+
+
+TABLE_2 = {"lstm", "lstm_plain", "dipole", "retain", "sand", "adacare", "lsan", "retainex", "timeline", "tlstm",
+           "hitanet", "medskim"}
+
+
+def test_every_backbone_of_table_2_is_a_model_option_and_in_the_table2_sweep():
+    assert set(BACKBONES) == TABLE_2
+    sweep = OmegaConf.load(SWEEPS_DIR / "table2.yaml").hydra.sweeper.params
+    assert set(sweep.model.split(",")) == TABLE_2
+    assert sweep.augment == "none,diffusion" and sweep.seed == "0,1,2,3,4"
 
 
 @pytest.mark.parametrize("model", BACKBONES)

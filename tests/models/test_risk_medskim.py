@@ -1,5 +1,6 @@
 """MedSkim (Cui et al., ICDM 2022): code selection, visit skipping, the BPRNN and the skip rate."""
 
+import pytest
 import torch
 from risk_batches import random_risk_batch
 
@@ -73,3 +74,29 @@ def test_backward_probe_reads_each_patients_real_visits_in_reverse():
         for b, n in enumerate(batch["n_visits"].tolist()):
             expected, _ = backbone.probe(inputs[b, :n].flip(0)[None])
             torch.testing.assert_close(probes[b, :n], expected[0].flip(0))
+
+
+def test_the_skip_regulariser_is_part_of_the_training_loss_alone_and_under_diffusion():
+    """RiskPredictor and MedDiffusion add the backbone's auxiliary loss to their CE terms."""
+    import functools
+
+    from ehrlab.models.risk.base import RiskPredictor
+    from ehrlab.models.risk.denoiser import ConvDenoiser
+    from ehrlab.models.risk.meddiffusion import MedDiffusion
+
+    vocabulary = ["[PAD]", "[UNK]"] + [f"C{i}" for i in range(2, VOCAB)]
+    backbone = functools.partial(MedSkimBackbone, visit_dim=16, hidden_dim=16, probe_dim=4, time_dim=8)
+    adam = functools.partial(torch.optim.Adam, lr=1e-3)
+    batch = make_batch(seed=3)
+    plain = RiskPredictor(vocabulary, backbone, adam)
+    force(plain.backbone.visit_skip, 0)
+    force(plain.backbone.code_selection, 0)  # every code read: ρ = 0, regulariser λ ρ*²
+    losses = plain.training_loss(batch)
+    assert losses["skip_regulariser"].item() == pytest.approx(0.1 * 0.3**2)
+    torch.testing.assert_close(losses["loss"], losses["ce"] + losses["skip_regulariser"])
+
+    augmented = MedDiffusion(vocabulary, backbone, adam, diffusion_steps=10, attention_dim=4,
+                             denoiser=functools.partial(ConvDenoiser, channels=4))
+    losses = augmented.training_loss(batch)
+    expected = losses["ce"] + losses["skip_regulariser"] + 0.1 * losses["diffusion_loss"] + 0.5 * losses["synthetic_ce"]
+    torch.testing.assert_close(losses["loss"], expected)

@@ -96,6 +96,11 @@ class RiskBackbone(nn.Module):
         """Two-class logits [B, 2] (the softmax of Eq. 3.13 lives in the loss)."""
         return self.output(self.patient_representation(hidden_states, batch))
 
+    def auxiliary_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """The backbone's own loss terms for the forward pass over the real sequence just run
+        (MedSkim's skip-rate regulariser); the predictor adds each to the loss and logs it."""
+        return {}
+
     @property
     def code_embeddings(self) -> Tensor | None:
         """The code embedding table ``W_v`` [vocab_size, visit_dim] if the backbone has one."""
@@ -157,8 +162,13 @@ class RiskPredictor(EHRModule):
         return metrics
 
     def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """``{"loss": ..., <named components>}``; here the CE of Eq. 3.16 (batch mean)."""
-        return {"loss": F.cross_entropy(self(batch), batch["label"])}
+        """``{"loss": ..., <named components>}``: the CE of Eq. 3.16 (batch mean), plus the
+        backbone's own terms if it has any."""
+        ce = F.cross_entropy(self(batch), batch["label"])
+        auxiliary = self.backbone.auxiliary_losses(batch)
+        if not auxiliary:
+            return {"loss": ce}
+        return {"ce": ce, **auxiliary, "loss": ce + sum(auxiliary.values())}
 
     # --- Lightning hooks -------------------------------------------------------------------
 

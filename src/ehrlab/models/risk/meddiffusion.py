@@ -124,10 +124,11 @@ class MedDiffusion(RiskPredictor):
         visit_embeddings = self.backbone.embed_visits(batch)
         hidden_states = self.backbone.encode(visit_embeddings, batch)
         real_ce = F.cross_entropy(self.backbone.classify(hidden_states, batch), labels)  # Eq. 3.16
+        auxiliary = self.backbone.auxiliary_losses(batch)  # of the real sequence, before the synthetic one
         augmentation = self.augmentation(visit_embeddings, hidden_states, batch["visit_mask"], generator=generator)
 
-        losses = {"ce": real_ce, "diffusion_loss": augmentation.diffusion_loss}
-        loss = real_ce + self.lambda_diffusion * augmentation.diffusion_loss
+        losses = {"ce": real_ce, **auxiliary, "diffusion_loss": augmentation.diffusion_loss}
+        loss = real_ce + sum(auxiliary.values()) + self.lambda_diffusion * augmentation.diffusion_loss
         if self.lambda_synthetic > 0:
             synthetic_hidden = self.backbone.encode(augmentation.synthetic_visits, batch)
             synthetic_ce = F.cross_entropy(self.backbone.classify(synthetic_hidden, batch), labels)  # Eq. 3.14

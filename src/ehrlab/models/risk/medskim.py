@@ -63,9 +63,9 @@ class MedSkimBackbone(RiskBackbone):
       1 − tanh²(W_f' Δt_k/180); t]))`` over real visits and ``r = Σ_k α_k h_k``, then the
       shared ``W_y r + b_y``.
     - **Skip-rate regulariser**: ``λ (ρ − ρ*)²`` with ρ the fraction of real codes not read
-      (deselected, or in a skipped visit); λ = 0.1, ρ* = 0.3. It is *not* part of the CE that
-      :class:`~ehrlab.models.risk.base.RiskPredictor` computes: :meth:`auxiliary_losses`
-      returns it for the lead to add to the training loss.
+      (deselected, or in a skipped visit); λ = 0.1, ρ* = 0.3, returned by
+      :meth:`auxiliary_losses`, which :class:`~ehrlab.models.risk.base.RiskPredictor` adds
+      to the cross-entropy.
 
     ``causal = False``: through ``f_k`` (BPRNN) each h_k — and the skip decision — depends on
     visits k..K, so the diffusion augmentation's ``h_{k−1}`` carries later visits too.
@@ -235,13 +235,10 @@ class MedSkimBackbone(RiskBackbone):
         return 1.0 - read_codes / real_codes
 
     def auxiliary_losses(self, batch: Batch) -> dict[str, Tensor]:
-        """``{"skip_regulariser": λ (ρ − ρ*)², "skip_rate": ρ (detached)}`` for the batch just
-        run; the training loss adds ``skip_regulariser`` to the cross-entropy."""
+        """``{"skip_regulariser": λ (ρ − ρ*)²}`` for the real sequence just run; the risk
+        predictor adds it to the cross-entropy and logs it."""
         rate = self.skip_rate(batch)
-        return {
-            "skip_regulariser": self.skip_lambda * (rate - self.target_skip_rate) ** 2,
-            "skip_rate": rate.detach(),
-        }
+        return {"skip_regulariser": self.skip_lambda * (rate - self.target_skip_rate) ** 2}
 
     @property
     def code_embeddings(self) -> Tensor:
