@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-
 from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config
+
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
 from ehrlab.models.generative.gpt import GPTBaseline
