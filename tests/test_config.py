@@ -73,7 +73,7 @@ def model_values(cfg) -> dict:
         backbone = module.backbone
         values |= {
             "lstm": (backbone.lstm.input_size, backbone.lstm.hidden_size),  # d_e -> d_h
-            "d_f": backbone.time_feature.out_features if backbone.use_time_embedding else None,
+            "d_f": backbone.time_embedding.time_dim if backbone.use_time_embedding else None,
             "dropout": backbone.dropout.p,
         }
     if isinstance(module, MedDiffusion):
@@ -460,7 +460,7 @@ def test_seed_000_presets_hold_the_papers_settings(compose):
     for key in ("task", "data", "trainer", "generate", "evaluate", "seed"):
         assert lstm[key] == meddiffusion[key], key
     plain = instantiate(lstm.model, vocabulary=VOCABULARY)
-    assert not plain.backbone.use_time_embedding and not hasattr(plain.backbone, "time_feature")
+    assert not plain.backbone.use_time_embedding and not hasattr(plain.backbone, "time_embedding")
     assert lstm.model == compose("model=lstm_plain").model  # the named config of Table 2's LSTM
     for model, expected in (("lstm", LSTM), ("meddiffusion_as1", MODELS["meddiffusion_as1"])):
         cfg = compose("experiment=meddiffusion_mimic3_hf", f"model={model}", f"data.root={MIMIC3_TINY}")

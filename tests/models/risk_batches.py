@@ -51,7 +51,7 @@ def hand_set_lstm_backbone(backbone, seed=0) -> dict[str, torch.Tensor]:
     them by the paper's names; the padding row 0 of W_v gets non-zero garbage on purpose."""
     generator = torch.Generator().manual_seed(seed)
     vocab_size, visit_dim = backbone.code_embedding.weight.shape
-    hidden_dim, time_dim = backbone.hidden_dim, backbone.time_feature.out_features
+    hidden_dim, time_dim = backbone.hidden_dim, backbone.time_embedding.time_dim
 
     def draw(*shape):
         return torch.randn(*shape, generator=generator) * 0.7
@@ -66,10 +66,10 @@ def hand_set_lstm_backbone(backbone, seed=0) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         backbone.code_embedding.weight.copy_(weights["W_v"])
         backbone.code_bias.copy_(weights["b_v"])
-        backbone.time_feature.weight.copy_(weights["W_f"][:, None])
-        backbone.time_feature.bias.copy_(weights["b_f"])
-        backbone.time_projection.weight.copy_(weights["W_t"])
-        backbone.time_projection.bias.copy_(weights["b_t"])
+        backbone.time_embedding.feature.linear.weight.copy_(weights["W_f"][:, None])
+        backbone.time_embedding.feature.linear.bias.copy_(weights["b_f"])
+        backbone.time_embedding.projection.weight.copy_(weights["W_t"])
+        backbone.time_embedding.projection.bias.copy_(weights["b_t"])
         backbone.lstm.weight_ih_l0.copy_(weights["W_ih"])
         backbone.lstm.weight_hh_l0.copy_(weights["W_hh"])
         backbone.lstm.bias_ih_l0.copy_(weights["b_ih"])

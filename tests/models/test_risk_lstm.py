@@ -44,7 +44,7 @@ def test_lstm_config_defaults_follow_section_4_1():
     model = compose_model("lstm")
     assert isinstance(model, RiskPredictor) and isinstance(model.backbone, LSTMBackbone)
     assert model.backbone.visit_dim == 256 and model.backbone.hidden_dim == 256
-    assert model.backbone.time_feature.out_features == 64
+    assert model.backbone.time_embedding.time_dim == 64
     assert (model.monitor, model.monitor_mode, model.early_stopping_patience) == ("val/f1", "max", 10)
     optimizers = model.configure_optimizers()
     adam = optimizers["optimizer"]
@@ -115,7 +115,7 @@ def test_plain_lstm_ignores_time():
     batch = make_batch()
     shifted = dict(batch, time_to_end=batch["time_to_end"] * 3 + 10)
     torch.testing.assert_close(model(batch), model(shifted))
-    assert not hasattr(model.backbone, "time_feature")
+    assert not hasattr(model.backbone, "time_embedding")
 
 
 def test_predict_step_returns_probabilities_per_subject():

@@ -7,6 +7,9 @@
   MedDiffusion's time embedding; without it, Table 2's LSTM), ``dipole``, ``retain``,
   ``sand``, ``adacare``, ``lsan``, ``retainex``, ``timeline``, ``tlstm``, ``hitanet``,
   ``medskim`` (each cites its paper and says what plays the hidden state h_k).
+- :mod:`~ehrlab.models.risk.layers`: the building blocks those backbones share (masked
+  softmax, positional encodings, the transformer encoder layer, the Eq. 3.3 time embedding,
+  visit reversal, packed RNNs).
 - :mod:`~ehrlab.models.risk.diffusion`, :mod:`~ehrlab.models.risk.denoiser`: the diffusion
   augmentation of visit embeddings and its noise-prediction networks.
 - :mod:`~ehrlab.models.risk.meddiffusion`: MedDiffusion (seed 000), any backbone + diffusion

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
+from ehrlab.models.risk.layers import max_over_real_visits, sum_code_embeddings
 
 READOUTS = ("last", "max")
 ACTIVATIONS = ("sigmoid", "sparsemax")
@@ -129,9 +130,7 @@ class AdaCareBackbone(RiskBackbone):
         self.readout = readout
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        return self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        return sum_code_embeddings(self.code_embedding, batch["codes"])
 
     def multiscale_features(self, visit_embeddings: Tensor) -> Tensor:
         """``ξ_k`` [B, V, len(dilations)·kernel_num]: causal dilated convolutions, then ReLU."""
@@ -153,8 +152,7 @@ class AdaCareBackbone(RiskBackbone):
         if self.readout == "last":
             representation = super().patient_representation(hidden_states, batch)
         else:
-            mask = batch["visit_mask"].unsqueeze(-1)
-            representation = hidden_states.masked_fill(~mask, torch.finfo(hidden_states.dtype).min).amax(dim=1)
+            representation = max_over_real_visits(hidden_states, batch["visit_mask"])
         return self.dropout(representation)
 
     @property

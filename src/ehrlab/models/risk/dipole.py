@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ehrlab.models.risk.base import Batch, RiskBackbone, last_visit
+from ehrlab.models.risk.layers import masked_softmax, packed_rnn_states, sum_code_embeddings
 
 ATTENTIONS = ("location", "general", "concatenation")
 
@@ -103,17 +103,11 @@ class DipoleBackbone(RiskBackbone):
         self.dropout = nn.Dropout(dropout)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        code_sum = self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        code_sum = sum_code_embeddings(self.code_embedding, batch["codes"])
         return self.embedding_dropout(torch.relu(code_sum + self.code_bias))
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
-        lengths = batch["visit_mask"].sum(dim=1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(visit_embeddings, lengths, batch_first=True, enforce_sorted=False)
-        hidden_states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True,
-                                               total_length=visit_embeddings.shape[1])
-        return hidden_states
+        return packed_rnn_states(self.gru, visit_embeddings, batch["visit_mask"].sum(dim=1).clamp(min=1))
 
     def attention_weights(self, hidden_states: Tensor, batch: Batch) -> Tensor:
         """α [B, V] of Eq. 5: weights over the real visits before the last one (0 elsewhere)."""
@@ -128,9 +122,8 @@ class DipoleBackbone(RiskBackbone):
         else:
             pairs = torch.cat([query.unsqueeze(1).expand_as(hidden_states), hidden_states], dim=-1)
             scores = self.score(pairs).squeeze(-1)
-        scores = scores.masked_fill(~earlier, torch.finfo(scores.dtype).min)
         # A one-visit patient has no earlier visit: its weights are all 0 and c = 0.
-        return torch.softmax(scores, dim=1) * earlier
+        return masked_softmax(scores, earlier, dim=1, zero_empty_rows=True)
 
     def patient_representation(self, hidden_states: Tensor, batch: Batch) -> Tensor:
         weights = self.attention_weights(hidden_states, batch)

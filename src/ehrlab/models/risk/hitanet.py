@@ -10,25 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone, last_visit
-from ehrlab.models.risk.sand import SelfAttentionBlock, masked_softmax, sinusoidal_positions, visit_attention_mask
-
-# HiTANet (and MedDiffusion's Eq. 3.3, which borrows it) scales the gap by 180 days.
-TIME_SCALE_DAYS = 180.0
-
-
-class TimeFeature(nn.Module):
-    """HiTANet's time feature of a gap Δ (days): ``1 − tanh((W_f Δ/180 + b_f)²)`` [..., time_dim].
-
-    It is 1 where the affine map crosses 0 and decays to 0 away from it, so each of the
-    ``time_dim`` units learns a window of gaps it responds to.
-    """
-
-    def __init__(self, time_dim: int):
-        super().__init__()
-        self.linear = nn.Linear(1, time_dim)  # W_f, b_f
-
-    def forward(self, gap_days: Tensor) -> Tensor:
-        return 1.0 - torch.tanh(self.linear((gap_days / TIME_SCALE_DAYS).unsqueeze(-1)) ** 2)
+from ehrlab.models.risk.layers import (
+    SelfAttentionBlock,
+    TimeEmbedding,
+    TimeFeature,
+    masked_softmax,
+    sinusoidal_positions,
+    sum_code_embeddings,
+    visit_attention_mask,
+)
 
 
 class HiTANetBackbone(RiskBackbone):
@@ -41,7 +31,8 @@ class HiTANetBackbone(RiskBackbone):
       embedding rows, padding id 0 contributes nothing), with embedding dropout. This is
       :meth:`embed_visits` (``e_k = v_k``).
     - Local evaluation stage, time-aware transformer (:meth:`encode`): the time embedding
-      ``t_k = W_t (1 − tanh((W_f Δ_k/180 + b_f)²)) + b_t`` is added to the visit embedding,
+      ``t_k = W_t (1 − tanh((W_f Δ_k/180 + b_f)²)) + b_t`` (MedDiffusion's Eq. 3.3 borrows it;
+      :class:`~ehrlab.models.risk.layers.TimeEmbedding`) is added to the visit embedding,
       together with sinusoidal positional encodings (the official HiTANet code and the
       MedDiffusion authors' baseline both add them), and ``n_layers`` transformer encoder
       layers (multi-head self-attention + feed-forward, residuals, layer norm) over the real
@@ -105,8 +96,7 @@ class HiTANetBackbone(RiskBackbone):
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.input_projection = nn.Identity() if visit_dim == hidden_dim else nn.Linear(visit_dim, hidden_dim)
         # Local stage: time-aware transformer.
-        self.time_feature = TimeFeature(time_dim)  # W_f, b_f
-        self.time_projection = nn.Linear(time_dim, hidden_dim)  # W_t, b_t
+        self.time_embedding = TimeEmbedding(time_dim, hidden_dim)  # W_f, b_f, W_t, b_t
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(hidden_dim, n_heads, 4 * hidden_dim, dropout) for _ in range(n_layers)
         )
@@ -119,14 +109,12 @@ class HiTANetBackbone(RiskBackbone):
         self.dropout = nn.Dropout(dropout)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        code_sum = self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        code_sum = sum_code_embeddings(self.code_embedding, batch["codes"])
         return self.embedding_dropout(code_sum + self.code_bias)
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         x = self.input_projection(visit_embeddings)
-        x = x + self.time_projection(self.time_feature(batch["time_to_end"].to(x.dtype)))
+        x = x + self.time_embedding(batch["time_to_end"].to(x.dtype))
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype)
         mask = visit_attention_mask(batch["visit_mask"], causal=False)
         for block in self.blocks:

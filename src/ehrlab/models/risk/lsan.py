@@ -7,20 +7,11 @@ pp. 1753–1762, doi:10.1145/3340531.3411864.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int) -> Tensor:
-    """Softmax of ``scores`` over ``dim`` where ``mask`` is True; masked entries get weight 0.
-
-    ``finfo.min`` instead of ``-inf``: a row with no True entry gives uniform weights, never NaN.
-    """
-    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=dim)
+from ehrlab.models.risk.layers import SelfAttentionBlock, masked_softmax, sinusoidal_positions, visit_attention_mask
 
 
 def attention_mlp(width: int, dropout: float, first_bias: bool = True) -> nn.Sequential:
@@ -30,40 +21,6 @@ def attention_mlp(width: int, dropout: float, first_bias: bool = True) -> nn.Seq
         nn.Linear(width // 4, width // 8, bias=first_bias), nn.ReLU(), nn.Dropout(dropout),
         nn.Linear(width // 8, 1),
     )
-
-
-def sinusoidal_positions(n_positions: int, width: int, device: torch.device) -> Tensor:
-    """[n_positions, width] sinusoidal encodings of positions 1..n (Vaswani et al., 2017)."""
-    position = torch.arange(1, n_positions + 1, device=device, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width))
-    encoding = torch.zeros(n_positions, width, device=device)
-    encoding[:, 0::2] = torch.sin(position * frequency)
-    encoding[:, 1::2] = torch.cos(position * frequency[: width // 2])
-    return encoding
-
-
-class _EncoderLayer(nn.Module):
-    """One post-LN Transformer encoder layer with a key-padding mask (bias-free projections)."""
-
-    def __init__(self, width: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.out = nn.Linear(width, width, bias=False)
-        self.attention_norm = nn.LayerNorm(width)
-        self.feed_forward = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
-        self.feed_forward_norm = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, visit_mask: Tensor) -> Tensor:
-        n_patients, n_visits, width = x.shape
-        head_dim = width // self.n_heads
-        q, k, v = self.qkv(x).reshape(n_patients, n_visits, 3, self.n_heads, head_dim).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [B, heads, V, V]
-        weights = masked_softmax(scores, visit_mask[:, None, None, :], dim=-1)
-        attended = (weights @ v).transpose(1, 2).reshape(n_patients, n_visits, width)
-        x = self.attention_norm(x + self.dropout(self.out(attended)))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
 class LSANBackbone(RiskBackbone):
@@ -76,8 +33,9 @@ class LSANBackbone(RiskBackbone):
       real codes (padding id 0 is masked out), and ``e_k = Σ_j α_kj x_kj`` (width
       ``visit_dim``), followed by the embedding dropout.
     - TAM (``encode``), two parallel pathways over the visit sequence:
-      *long-term* ``g_k``: sinusoidal position encoding added, one Transformer encoder
-      layer (multi-head self-attention over the patient's real visits, FFN 4×, post-LN);
+      *long-term* ``g_k``: sinusoidal position encoding (positions 1..V) added, one Transformer
+      encoder layer (multi-head self-attention over the patient's real visits, FFN 4×, post-LN,
+      bias-free attention projections, no dropout on the attention weights);
       *short-term* ``l_k``: a Conv1d (kernel 3, padding 1) over ``e_{k−1}, e_k, e_{k+1}``
       (no position encoding). **h_k = [g_k; l_k]**, ``hidden_dim`` wide (each pathway
       ``hidden_dim / 2``).
@@ -132,7 +90,9 @@ class LSANBackbone(RiskBackbone):
         self.code_attention = attention_mlp(visit_dim, dropout, first_bias=False)  # MLP_c
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.global_input = nn.Identity() if visit_dim == pathway_dim else nn.Linear(visit_dim, pathway_dim)
-        self.transformer = _EncoderLayer(pathway_dim, n_heads, dropout)
+        # Bias-free projections and no dropout on the attention weights, as the authors' LSAN.
+        self.transformer = SelfAttentionBlock(pathway_dim, n_heads, 4 * pathway_dim, dropout, bias=False,
+                                              attention_dropout=False)
         self.local_conv = nn.Conv1d(visit_dim, pathway_dim, kernel_size, padding=kernel_size // 2)
         self.visit_attention = attention_mlp(hidden_dim, dropout)  # MLP_v
 
@@ -146,8 +106,10 @@ class LSANBackbone(RiskBackbone):
         visit_mask = batch["visit_mask"]
         visits = visit_embeddings * visit_mask.unsqueeze(-1)
         global_input = self.global_input(visits)
-        global_input = global_input + sinusoidal_positions(visits.shape[1], global_input.shape[-1], visits.device)
-        global_states = self.transformer(global_input, visit_mask)  # g_k
+        global_input = global_input + sinusoidal_positions(
+            visits.shape[1], global_input.shape[-1], device=visits.device, dtype=global_input.dtype, first=1
+        )  # positions 1..V
+        global_states = self.transformer(global_input, visit_attention_mask(visit_mask, causal=False))  # g_k
         local_states = self.local_conv(visits.transpose(1, 2)).transpose(1, 2)  # l_k
         return torch.cat([global_states, local_states], dim=-1)
 

@@ -10,9 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-
-# Eq. 3.3 scales the time gap by 180 days (roughly the six-month horizon of the cohorts).
-TIME_SCALE_DAYS = 180.0
+from ehrlab.models.risk.layers import TimeEmbedding, sum_code_embeddings
 
 
 class LSTMBackbone(RiskBackbone):
@@ -25,7 +23,8 @@ class LSTMBackbone(RiskBackbone):
       ``ReLU(Dropout(Emb(code)))`` per code; we follow the paper's equation. Dropout (not in
       the paper; the authors use it) is applied to ``v_k``.
     - Time part (Eq. 3.3): ``t_k = W_t (1 − tanh((W_f Δt_k/180 + b_f)²)) + b_t`` with
-      ``Δt_k = t_K − t_k``, the batch's ``time_to_end`` (days). ``use_time_embedding=False``
+      ``Δt_k = t_K − t_k``, the batch's ``time_to_end`` (days), computed by
+      :class:`~ehrlab.models.risk.layers.TimeEmbedding` (``time_embedding``). ``use_time_embedding=False``
       drops it, which is the plain LSTM baseline of Table 2.
     - ``e_k = v_k + t_k`` (Eq. 3.1) → single-layer LSTM → ``h_k`` (Eq. 3.4). Visits are
       left-aligned and the LSTM is causal, so padding visits after the last real one cannot
@@ -50,20 +49,14 @@ class LSTMBackbone(RiskBackbone):
         self.use_time_embedding = use_time_embedding
         self.time_aware = use_time_embedding
         if use_time_embedding:
-            self.time_feature = nn.Linear(1, time_dim)  # W_f, b_f
-            self.time_projection = nn.Linear(time_dim, visit_dim)  # W_t, b_t
+            self.time_embedding = TimeEmbedding(time_dim, visit_dim)  # W_f, b_f, W_t, b_t
         self.lstm = nn.LSTM(visit_dim, hidden_dim, batch_first=True)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        code_sum = self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        code_sum = sum_code_embeddings(self.code_embedding, batch["codes"])
         visit_embeddings = self.dropout(torch.relu(code_sum + self.code_bias))
         if self.use_time_embedding:
-            scaled_gap = (batch["time_to_end"] / TIME_SCALE_DAYS).unsqueeze(-1)
-            visit_embeddings = visit_embeddings + self.time_projection(
-                1.0 - torch.tanh(self.time_feature(scaled_gap) ** 2)
-            )
+            visit_embeddings = visit_embeddings + self.time_embedding(batch["time_to_end"])
         return visit_embeddings
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:

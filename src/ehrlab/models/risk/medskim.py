@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-
-# The authors scale the per-visit time (days to the last visit) by 180 days, as MedDiffusion's Eq. 3.3.
-TIME_SCALE_DAYS = 180.0
-
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int) -> Tensor:
-    """Softmax over ``dim`` where ``mask`` is True (``finfo.min`` masking: never NaN)."""
-    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=dim)
+from ehrlab.models.risk.layers import TimeEmbedding, TimeFeature, masked_softmax, reverse_real_visits
 
 
 def binary_gate(logits: Tensor, training: bool) -> Tensor:
@@ -48,7 +41,9 @@ class MedSkimBackbone(RiskBackbone):
       code gets one decision, shared by every visit and patient (the authors' code).
     - **Time encoding** (``encode``, from the batch): ``τ_k = W_τ(1 − tanh²(W_f Δt_k/180))``
       with ``Δt_k`` = days from visit k to the last visit (``time_to_end``), as the authors'
-      code (HiTANet/MedDiffusion style); ``u_k = e_k + τ_k``.
+      code (HiTANet/MedDiffusion style, but squared *after* the tanh, where HiTANet and
+      MedDiffusion's Eq. 3.3 take ``1 − tanh((·)²)``: the authors' code's form is kept,
+      ``TimeEmbedding(..., square_inside=False)``); ``u_k = e_k + τ_k``.
     - **BPRNN** (``encode``): a bias-free LSTM (width ``probe_dim``, authors d/8) reads
       ``u_K, …, u_1`` (each patient's real visits reversed) and gives ``f_k``, a coarse
       summary of visits k..K.
@@ -113,9 +108,8 @@ class MedSkimBackbone(RiskBackbone):
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.code_selection = nn.Sequential(nn.Linear(2 * visit_dim, visit_dim), nn.Tanh(), nn.Linear(visit_dim, 2))
         # τ_k for the visit inputs and, separately, the time feature of the pooling.
-        self.time_feature = nn.Linear(1, time_dim)
-        self.time_projection = nn.Linear(time_dim, visit_dim)
-        self.pool_time_feature = nn.Linear(1, time_dim)
+        self.time_embedding = TimeEmbedding(time_dim, visit_dim, square_inside=False)  # τ_k
+        self.pool_time_feature = TimeFeature(time_dim, square_inside=False)
         self.probe = nn.LSTM(visit_dim, probe_dim, bias=False, batch_first=True)  # BPRNN
         self.skip_target = nn.Linear(visit_dim, visit_dim)
         self.visit_skip = nn.Sequential(
@@ -161,22 +155,15 @@ class MedSkimBackbone(RiskBackbone):
 
     # --- sequence encoder --------------------------------------------------------------------
 
-    def _time_encoding(self, batch: Batch) -> Tensor:
-        scaled = (batch["time_to_end"] / TIME_SCALE_DAYS).unsqueeze(-1)
-        return self.time_projection(1.0 - torch.tanh(self.time_feature(scaled)) ** 2)
-
     def _backward_probe(self, inputs: Tensor, visit_mask: Tensor) -> Tensor:
         """f_k [B, V, probe_dim]: the BPRNN over each patient's real visits K..1 (padding last)."""
-        n_visits = visit_mask.long().sum(dim=1, keepdim=True)
-        index = torch.arange(inputs.shape[1], device=inputs.device).expand(inputs.shape[0], -1)
-        reverse = torch.where(index < n_visits, n_visits - 1 - index, index).unsqueeze(-1)
-        reversed_states, _ = self.probe(inputs.gather(1, reverse.expand_as(inputs)))
-        return reversed_states.gather(1, reverse.expand(-1, -1, reversed_states.shape[-1]))  # the map is its own inverse
+        reversed_states, _ = self.probe(reverse_real_visits(inputs, visit_mask))
+        return reverse_real_visits(reversed_states, visit_mask)  # the map is its own inverse
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         visit_mask = batch["visit_mask"]
         n_patients, n_visits, _ = visit_embeddings.shape
-        time_encoding = self._time_encoding(batch)  # τ_k
+        time_encoding = self.time_embedding(batch["time_to_end"])  # τ_k
         inputs = visit_embeddings + time_encoding  # u_k
         probes = self._backward_probe(inputs, visit_mask)  # f_k
         step_inputs = self.dropout(self.step_input(visit_embeddings) + time_encoding)  # W_z e_k + τ_k
@@ -212,8 +199,7 @@ class MedSkimBackbone(RiskBackbone):
 
     def visit_weights(self, hidden_states: Tensor, batch: Batch) -> Tensor:
         """α_k [B, V]: the time- and target-aware attention over real visits (0 at padding)."""
-        scaled = (batch["time_to_end"] / TIME_SCALE_DAYS).unsqueeze(-1)
-        time_feature = 1.0 - torch.tanh(self.pool_time_feature(scaled)) ** 2
+        time_feature = self.pool_time_feature(batch["time_to_end"])
         target = self.target.expand(*hidden_states.shape[:2], -1)
         scores = self.global_attention(torch.cat([hidden_states, time_feature, target], dim=-1)).squeeze(-1)
         return masked_softmax(scores, batch["visit_mask"], dim=1)

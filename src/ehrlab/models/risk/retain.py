@@ -10,19 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-
-
-def reverse_real_visits(values: Tensor, visit_mask: Tensor) -> Tensor:
-    """Each patient's real visits in reverse order, padding left where it is.
-
-    Visit k < n of a patient with n real visits goes to position n − 1 − k; padding
-    positions map to themselves. The map is its own inverse, so applying it twice
-    restores the order.
-    """
-    n_visits = visit_mask.sum(dim=1, keepdim=True)
-    positions = torch.arange(visit_mask.shape[1], device=visit_mask.device).expand_as(visit_mask)
-    source = torch.where(visit_mask, n_visits - 1 - positions, positions)
-    return values.gather(1, source.unsqueeze(-1).expand_as(values))
+from ehrlab.models.risk.layers import masked_softmax, reverse_real_visits, sum_code_embeddings
 
 
 class RetainBackbone(RiskBackbone):
@@ -89,9 +77,7 @@ class RetainBackbone(RiskBackbone):
         self.context_dropout = nn.Dropout(context_dropout)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        code_sum = self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        code_sum = sum_code_embeddings(self.code_embedding, batch["codes"])
         return self.embedding_dropout(code_sum)
 
     def attention(self, visit_embeddings: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -102,9 +88,7 @@ class RetainBackbone(RiskBackbone):
         reversed_visits = reverse_real_visits(visit_embeddings, visit_mask)
         alpha_states = reverse_real_visits(self.alpha_rnn(reversed_visits)[0], visit_mask)  # g_k
         beta_states = reverse_real_visits(self.beta_rnn(reversed_visits)[0], visit_mask)  # h^β_k
-        scores = self.alpha_score(alpha_states).squeeze(-1)
-        scores = scores.masked_fill(~visit_mask, torch.finfo(scores.dtype).min)
-        alpha = torch.softmax(scores, dim=1) * visit_mask
+        alpha = masked_softmax(self.alpha_score(alpha_states).squeeze(-1), visit_mask, dim=1, zero_empty_rows=True)
         beta = torch.tanh(self.beta_gate(beta_states))
         return alpha, beta
 

@@ -10,9 +10,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
+from ehrlab.models.risk.layers import masked_softmax, packed_rnn_states, sum_code_embeddings
 
 TIME_KEYS = ("time_delta", "time_to_end")
 
@@ -28,10 +28,7 @@ def bidirectional_states(rnn: nn.LSTM, inputs: Tensor, visit_mask: Tensor) -> Te
     Packing by the number of real visits makes the backward direction start at each
     patient's last real visit, so padding visits never enter a real visit's state.
     """
-    lengths = visit_mask.sum(dim=1).cpu()
-    packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
-    states, _ = pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=inputs.shape[1])
-    return states
+    return packed_rnn_states(rnn, inputs, visit_mask.sum(dim=1))
 
 
 class RetainExBackbone(RiskBackbone):
@@ -114,9 +111,7 @@ class RetainExBackbone(RiskBackbone):
         self.dropout = nn.Dropout(dropout)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        return self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        return sum_code_embeddings(self.code_embedding, batch["codes"])
 
     def attention(self, visit_embeddings: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """α [B, V] (0 at padding, summing to 1 over each patient's real visits) and β [B, V, visit_dim / 2]."""
@@ -124,8 +119,7 @@ class RetainExBackbone(RiskBackbone):
         attention_embeddings = visit_embeddings[..., : self.embedding_dim]  # v^a
         rnn_inputs = torch.cat([attention_embeddings, time_features(batch[self.time_key])], dim=-1)  # u_k
         scores = self.alpha_score(bidirectional_states(self.alpha_rnn, rnn_inputs, visit_mask)).squeeze(-1)
-        scores = scores.masked_fill(~visit_mask, torch.finfo(scores.dtype).min)
-        alpha = torch.softmax(scores, dim=1) * visit_mask
+        alpha = masked_softmax(scores, visit_mask, dim=1, zero_empty_rows=True)
         beta = torch.tanh(self.beta_gate(bidirectional_states(self.beta_rnn, rnn_inputs, visit_mask)))
         return alpha, beta
 

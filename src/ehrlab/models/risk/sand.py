@@ -1,96 +1,23 @@
 """The SAnD risk backbone (Song et al., "Attend and Diagnose: Clinical Time Series Analysis
 Using Attention Models", AAAI 2018), a Table 2 baseline of seed 000.
 
-Also home of the two pieces both transformer backbones here share (HiTANet imports them):
-sinusoidal positional encodings and a post-norm self-attention block with NaN-free masking.
+Its transformer pieces (sinusoidal positional encodings, the post-norm self-attention block
+with NaN-free masking, the visit attention mask) live in :mod:`~ehrlab.models.risk.layers`,
+shared with HiTANet and LSAN.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-
-
-def sinusoidal_positions(n_positions: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
-    """[n_positions, dim] encodings of positions 0..n−1 (Vaswani et al., 2017, §3.5):
-    ``PE[p, 2i] = sin(p / 10000^{2i/dim})``, ``PE[p, 2i+1] = cos(p / 10000^{2i/dim})``.
-
-    A position is a visit's index: real visits come first, so a patient's encodings do not
-    depend on how much padding follows them.
-    """
-    positions = torch.arange(n_positions, device=device, dtype=torch.float32)[:, None]
-    frequencies = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
-    angles = positions * frequencies  # [n, ceil(dim / 2)]
-    encoding = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(start_dim=1)[:, :dim]
-    return encoding.to(dtype)
-
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax over the entries where ``mask`` is True; masked entries get weight 0 whenever a
-    row has at least one allowed entry, and no ``-inf`` is used, so nothing can become NaN."""
-    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=dim)
-
-
-class SelfAttentionBlock(nn.Module):
-    """One transformer encoder layer (Vaswani et al., 2017, §3.1–3.3), post-norm:
-    ``x ← LN(x + Drop(MHA(x)))``, ``x ← LN(x + Drop(W_2 ReLU(W_1 x)))``.
-
-    ``attention_mask`` (bool [B, V, V], True = query i may attend to key j) is applied with
-    :func:`masked_softmax`; attention weights get dropout as in the original transformer.
-    """
-
-    def __init__(self, dim: int, n_heads: int, feedforward_dim: int, dropout: float):
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"hidden_dim {dim} is not divisible by n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.attention_output = nn.Linear(dim, dim)
-        self.attention_norm = nn.LayerNorm(dim)
-        self.feedforward = nn.Sequential(nn.Linear(dim, feedforward_dim), nn.ReLU(), nn.Linear(feedforward_dim, dim))
-        self.feedforward_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def attention_weights(self, x: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head weights [B, H, V, V] and values [B, H, V, dim/H]."""
-        n_patients, n_visits, dim = x.shape
-        query, key, value = (
-            part.reshape(n_patients, n_visits, self.n_heads, dim // self.n_heads).transpose(1, 2)
-            for part in self.qkv(x).chunk(3, dim=-1)
-        )
-        scores = query @ key.transpose(-1, -2) / math.sqrt(dim // self.n_heads)
-        return masked_softmax(scores, attention_mask[:, None]), value
-
-    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        weights, value = self.attention_weights(x, attention_mask)
-        context = (self.dropout(weights) @ value).transpose(1, 2).reshape(x.shape)
-        x = self.attention_norm(x + self.dropout(self.attention_output(context)))
-        return self.feedforward_norm(x + self.dropout(self.feedforward(x)))
-
-
-def visit_attention_mask(visit_mask: Tensor, causal: bool, window: int | None = None) -> Tensor:
-    """bool [B, V, V]: query visit i may attend to key visit j iff j is a real visit and, if
-    ``causal``, ``j ≤ i`` (and ``i − j < window`` when a window is given).
-
-    Every query row keeps the patient's first visit (always real) unless a window excludes
-    it, and a row with nothing allowed (a padding query far past the end) still gets finite,
-    uniform weights from :func:`masked_softmax`; padding queries never feed real outputs.
-    """
-    allowed = visit_mask[:, None, :].expand(-1, visit_mask.shape[1], -1)
-    if causal:
-        index = torch.arange(visit_mask.shape[1], device=visit_mask.device)
-        lag = index[:, None] - index[None, :]  # i − j
-        keep = lag >= 0
-        if window is not None:
-            keep = keep & (lag < window)
-        allowed = allowed & keep
-    return allowed
+from ehrlab.models.risk.layers import (
+    SelfAttentionBlock,
+    sinusoidal_positions,
+    sum_code_embeddings,
+    visit_attention_mask,
+)
 
 
 class SAnDBackbone(RiskBackbone):
@@ -161,9 +88,7 @@ class SAnDBackbone(RiskBackbone):
         self.dropout = nn.Dropout(dropout)
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        code_sum = self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        code_sum = sum_code_embeddings(self.code_embedding, batch["codes"])
         return code_sum + self.code_bias
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
+from ehrlab.models.risk.layers import masked_softmax
 
 
 class TimelineBackbone(RiskBackbone):
@@ -89,8 +90,7 @@ class TimelineBackbone(RiskBackbone):
         code_mask = codes != 0
         embeddings = self.embedding_dropout(self.code_embedding(codes))  # c_i
         scores = self.query(embeddings) @ self.key(embeddings).transpose(-1, -2) * self.attention_scale
-        scores = scores.masked_fill(~code_mask.unsqueeze(-2), torch.finfo(scores.dtype).min)
-        attention = torch.softmax(scores, dim=-1)
+        attention = masked_softmax(scores, code_mask.unsqueeze(-2), dim=-1)
         return (attention @ embeddings) * code_mask.unsqueeze(-1), attention
 
     def progression_gate(self, codes: Tensor, days_to_prediction: Tensor) -> Tensor:

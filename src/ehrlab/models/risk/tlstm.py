@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
+from ehrlab.models.risk.layers import max_over_real_visits, sum_code_embeddings
 
 READOUTS = ("last", "max")
 
@@ -93,9 +94,7 @@ class TLSTMBackbone(RiskBackbone):
         self.readout = readout
 
     def embed_visits(self, batch: Batch) -> Tensor:
-        codes = batch["codes"]
-        n_patients, n_visits, n_codes = codes.shape
-        return self.code_embedding(codes.reshape(-1, n_codes)).reshape(n_patients, n_visits, -1)
+        return sum_code_embeddings(self.code_embedding, batch["codes"])
 
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         n_patients, n_visits, _ = visit_embeddings.shape
@@ -117,8 +116,7 @@ class TLSTMBackbone(RiskBackbone):
         if self.readout == "last":
             representation = super().patient_representation(hidden_states, batch)
         else:
-            mask = batch["visit_mask"].unsqueeze(-1)
-            representation = hidden_states.masked_fill(~mask, torch.finfo(hidden_states.dtype).min).amax(dim=1)
+            representation = max_over_real_visits(hidden_states, batch["visit_mask"])
         return self.dropout(representation)
 
     @property
