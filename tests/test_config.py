@@ -45,6 +45,21 @@ def optimizer_values(optimizer) -> dict:
             "weight_decay": optimizer.defaults["weight_decay"]}
 
 
+def main_optimizer(module) -> tuple:
+    """(optimizer, scheduler, monitor, interval) of a risk model's first optimiser, from any form of
+    configure_optimizers(): Lightning's dict, a list of them (TabDDPM's two optimisers), or
+    (optimizers, schedulers) of a manually optimised model, which steps its plateau schedulers on
+    its monitor once per epoch itself."""
+    configured = module.configure_optimizers()
+    if isinstance(configured, tuple):
+        optimizers, schedulers = configured
+        return optimizers[0], schedulers[0], module.monitor, "epoch"
+    if isinstance(configured, list):
+        configured = configured[0]
+    scheduler = configured["lr_scheduler"]
+    return configured["optimizer"], scheduler["scheduler"], scheduler.get("monitor", module.monitor), scheduler["interval"]
+
+
 def model_values(cfg) -> dict:
     """What a model config promises, read from the module it builds: its layer sizes, its
     optimiser and schedule as `configure_optimizers()` makes them, its monitor; and the
@@ -54,9 +69,7 @@ def model_values(cfg) -> dict:
               "gradient_clip_val": OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)}
     if isinstance(module, RiskPredictor):
         backbone = module.backbone
-        configured = module.configure_optimizers()
-        scheduler = configured["lr_scheduler"]
-        plateau = scheduler["scheduler"]
+        optimizer, plateau, monitor, interval = main_optimizer(module)
         values |= {
             "backbone": type(backbone).__name__,
             "d_e": backbone.visit_dim,
@@ -64,11 +77,15 @@ def model_values(cfg) -> dict:
             "causal": backbone.causal,
             "time_aware": backbone.time_aware,
             "classes": backbone.output.out_features,
-            **optimizer_values(configured["optimizer"]),
-            "scheduler": (type(plateau).__name__, plateau.mode, plateau.factor, plateau.patience,
-                          scheduler["monitor"], scheduler["interval"]),
+            **optimizer_values(optimizer),
+            "scheduler": (type(plateau).__name__, plateau.mode, plateau.factor, plateau.patience, monitor, interval),
             "early_stopping_patience": module.early_stopping_patience,
         }
+    if isinstance(module, RiskPredictor) and not module.automatic_optimization:
+        # manual optimisation: Lightning refuses trainer clipping, the model clips each step itself
+        values["model_gradient_clip_val"] = module.gradient_clip_val
+    if isinstance(module, RiskPredictor) and hasattr(module, "synthetic_ratio"):
+        values["synthetic_ratio"] = module.synthetic_ratio  # synthetic per real (positive, for MaskEHR) patient
     if isinstance(module, RiskPredictor) and isinstance(module.backbone, LSTMBackbone):
         backbone = module.backbone
         values |= {
@@ -169,6 +186,13 @@ MODELS = {
     "meddiffusion_as1": MEDDIFFUSION | {"attention": None, "d_b": None},  # no h_{k-1}
     "meddiffusion_as2": MEDDIFFUSION | {"attention": "equal", "d_b": None},  # gamma fixed at 0.5 / 0.5
     "meddiffusion_as3": MEDDIFFUSION | {"lambdas": (0.0, 0.1)},  # lambda_S = 0
+    # Table 2's augmentation baselines: model=lstm's classifier and recipe, clipping by the model
+    "tabddpm_aug": LSTM | {"class": "TabDDPMAugmentation", "gradient_clip_val": None,
+                           "model_gradient_clip_val": 1.0, "synthetic_ratio": 1.0},
+    "maskehr_aug": LSTM | {"class": "MaskEHRAugmentation", "gradient_clip_val": None,
+                           "model_gradient_clip_val": 1.0, "synthetic_ratio": 1.0},
+    "ehrgan_aug": LSTM | {"class": "EhrGANAugmentation", "gradient_clip_val": None,
+                          "model_gradient_clip_val": 1.0, "synthetic_ratio": 1.0},
     "halo": HALO_PAPER,
     "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3},
     "gpt": GPT,
@@ -485,3 +509,31 @@ def test_multiruns_use_the_sweeper_that_lists_failed_jobs(compose):
     from hydra.core.hydra_config import HydraConfig
 
     assert HydraConfig.get().sweeper._target_ == "hydra_plugins.ehrlab_sweeper.ehrlab_sweeper.EhrlabSweeper"
+
+
+AUGMENTS = {  # augment=<member> around model=lstm: the class it builds, its generator, step-wise attention
+    "none": ("RiskPredictor", None, None),
+    "diffusion": ("MedDiffusion", "ConvDenoiser", True),  # §3.3; the "generator" is the denoiser
+    **{f"{gan}{suffix}": ("GANAugmentedPredictor", generator, suffix == "_att")  # Table 4 (§4.5)
+       for gan, generator in (("ehrgan", "EHRGANGenerator"), ("gcgan", "GcGANGenerator"),
+                              ("actgan", "ActGANGenerator"), ("medgan", "MedGANGenerator"))
+       for suffix in ("", "_att")},
+}
+
+
+@pytest.mark.parametrize("augment", options("augment"))
+def test_augment_members_wrap_the_backbone(compose, augment):
+    assert sorted(AUGMENTS) == options("augment")
+    cfg = compose("model=lstm", f"augment={augment}")
+    module = instantiate(cfg.model, vocabulary=VOCABULARY)
+    expected_class, generator, attention = AUGMENTS[augment]
+    assert type(module).__name__ == expected_class
+    assert isinstance(module.backbone, LSTMBackbone) and module.backbone.use_time_embedding
+    if isinstance(module, MedDiffusion):
+        assert type(module.augmentation.denoiser).__name__ == generator
+        assert (module.augmentation.attention is not None) == attention
+    elif generator is not None:
+        assert type(module.generator).__name__ == generator
+        assert (module.attention is not None) == attention
+        # manual optimisation: the model clips (1.0, the recipe's value), the trainer must not
+        assert module.gradient_clip_val == 1.0 and cfg.trainer.gradient_clip_val is None

@@ -179,7 +179,10 @@ def test_parallel_runs_started_together_get_their_own_directories(tmp_path, cach
     (["data=mimic3", "stage=prepare"], "add data.root="),
     (["data=mimic3", "data.root=/no/such/dir", "stage=prepare"], "/no/such/dir is not a directory"),
     (["task=heart_failure", "model=halo_small", "stage=train"], "HALO is a generator: use task=generation"),
-    (["task=generation", "model=halo_small", "augment=diffusion"], "augment=diffusion wraps a risk model's backbone"),
+    (["task=generation", "model=halo_small", "augment=diffusion"], "augment=diffusion wraps a plain risk backbone"),
+    (["model=meddiffusion_as1", "augment=diffusion"], "model=meddiffusion_as1 is a generator or already augments"),
+    (["augment=medgan", "trainer.gradient_clip_val=0.5", "stage=train"],
+     "GANAugmentedPredictor optimises manually and clips its own gradients; set model.gradient_clip_val"),
 ])
 def test_bad_input_exits_with_one_clear_message(args, message, cache_dir):
     result = run_cli("run.py", *args, "logger=none", env_extra={"EHRLAB_CACHE": str(cache_dir)})

@@ -123,6 +123,40 @@ _CHECKS = [
 ]
 
 
+def augments_training(model: str) -> bool:
+    """Whether conf/model/<model>.yaml builds more than a plain backbone under RiskPredictor:
+    a generator, MedDiffusion and its ablations, an augmentation baseline (its own `_target_`,
+    or an `/augment/...` config among its defaults, followed through the model group)."""
+    path = CONFIG_DIR / "model" / f"{model}.yaml"
+    if not path.is_file():
+        return False  # Hydra itself reports an unknown option
+    node = OmegaConf.load(path)
+    target = OmegaConf.select(node, "model._target_", default=None)
+    if target is not None and target != "ehrlab.models.risk.base.RiskPredictor":
+        return True
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str) and entry.startswith("/augment"):
+            return True
+        # another model of the group (lstm_plain's lstm); recipe/ and _self_ add no model
+        if (isinstance(entry, str) and entry != "_self_" and not entry.startswith(("recipe/", "/"))
+                and augments_training(entry)):
+            return True
+    return False
+
+
+def _check_augment_choice() -> None:
+    """`augment=<member>` wraps a plain risk backbone; on a model that is already more than that
+    it would silently replace or break the model's own training, so it is refused."""
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    augment, model = choices.get("augment"), choices.get("model")
+    if augment not in (None, "none") and model and augments_training(model):
+        raise UserInputError(
+            f"augment={augment} wraps a plain risk backbone (model=lstm, retain, hitanet, ...); model={model} is "
+            "a generator or already augments its training. Choose a backbone, or leave augment=none.")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse nonsense values before any data is read, naming the key (a job of a sweep
     fails alone and says why)."""
@@ -132,10 +166,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not test(value):
             raise UserInputError(f"{key}={value}: must be {requirement}.")
-    model = cfg.get("model") or {}
-    if model.get("_target_") == "ehrlab.models.risk.meddiffusion.MedDiffusion" and "backbone" not in model:
-        raise UserInputError("augment=diffusion wraps a risk model's backbone (model=lstm, retain, hitanet, ...); "
-                             "this model has none.")
+    _check_augment_choice()
     if cfg.get("resume") and cfg.stage not in ("train", "all"):
         raise UserInputError(f"resume= continues training; it cannot be combined with stage={cfg.stage}.")
     if cfg.get("ckpt_path") and cfg.stage in ("train", "all"):

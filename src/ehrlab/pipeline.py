@@ -185,6 +185,12 @@ def check_splits_not_empty(task_data: TaskData) -> None:
 
 def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: Path) -> pl.Trainer:
     """The configured Trainer with the callbacks the model asks for."""
+    if not model.automatic_optimization and cfg.trainer.get("gradient_clip_val"):
+        # Lightning refuses trainer clipping under manual optimisation, with a message that
+        # does not name the key to use instead.
+        raise UserInputError(
+            f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val}: {type(model).__name__} optimises manually "
+            "and clips its own gradients; set model.gradient_clip_val instead.")
     # An absolute path: Lightning restores the best-checkpoint tracking on resume only when
     # the directory matches the one recorded in the checkpoint.
     checkpoint_dir = (run_dir / "checkpoints").resolve()

@@ -18,11 +18,17 @@ from omegaconf import OmegaConf
 from risk_batches import random_risk_batch
 
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
+from ehrlab.models.risk.adversarial import GANAugmentedPredictor
 from ehrlab.models.risk.base import RiskBackbone, RiskPredictor
 from ehrlab.models.risk.meddiffusion import MedDiffusion
 
 VOCABULARY = ["[PAD]", "[UNK]"] + [f"DIAGNOSIS//ICD//9//{i:03d}.0" for i in range(2, 40)]
-DIFFUSION_SMALL = ["model.attention_dim=8", "model.denoiser.channels=8", "model.diffusion_steps=50"]
+AUGMENT_SMALL = {  # augmentation members shrunk: the diffusion (MedDiffusion) and a GAN (Table 4's medGAN+Att)
+    "none": [],
+    "diffusion": ["model.attention_dim=8", "model.denoiser.channels=8", "model.diffusion_steps=50"],
+    "medgan_att": ["model.attention_dim=8", "model.generator.latent_dim=8", "model.discriminator.hidden_dims=[8,8]"],
+}
+AUGMENTED_CLASS = {"none": RiskPredictor, "diffusion": MedDiffusion, "medgan_att": GANAugmentedPredictor}
 
 
 def _compose(model: str, augment: str = "none", overrides=()):
@@ -51,8 +57,7 @@ def _small_overrides(model: str) -> list[str]:
 
 
 def build(model: str, augment: str = "none") -> RiskPredictor:
-    extra = DIFFUSION_SMALL if augment == "diffusion" else []
-    cfg = _compose(model, augment, [*_small_overrides(model), *extra])
+    cfg = _compose(model, augment, [*_small_overrides(model), *AUGMENT_SMALL[augment]])
     torch.manual_seed(0)
     return instantiate(cfg.model, vocabulary=VOCABULARY).eval()
 
@@ -142,12 +147,12 @@ def test_causal_backbones_do_not_look_at_later_visits(model):
     assert not torch.allclose(after[rows, last], before[rows, last])
 
 
-@pytest.mark.parametrize("augment", ["none", "diffusion"])
+@pytest.mark.parametrize("augment", list(AUGMENT_SMALL))
 @pytest.mark.parametrize("model", BACKBONES)
 def test_trains_one_batch_then_one_epoch(model, augment):
-    """One optimiser step moves every parameter's gradient, then a Lightning epoch runs."""
+    """Every parameter gets a gradient from the training loss, then a Lightning epoch runs."""
     module = build(model, augment).train()
-    assert isinstance(module, MedDiffusion) == (augment == "diffusion")
+    assert type(module) is AUGMENTED_CLASS[augment]
     data = batch(seed=4)
     losses = module.training_loss(data)
     losses["loss"].backward()
@@ -164,3 +169,12 @@ def test_trains_one_batch_then_one_epoch(model, augment):
     assert trainer.current_epoch == 1
     assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert "val/f1" in trainer.callback_metrics
+
+
+def test_augment_applies_to_exactly_the_plain_backbones():
+    """`augment=<member>` is refused for every model option that is more than a plain backbone
+    (generators, MedDiffusion and its ablations, augmentation baselines)."""
+    from ehrlab.config import augments_training
+
+    for path in (CONFIG_DIR / "model").glob("*.yaml"):
+        assert augments_training(path.stem) == (path.stem not in BACKBONES), path.stem
