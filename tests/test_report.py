@@ -240,6 +240,25 @@ def test_model_sweep_renders_table_2_and_figure_3(table2_sweep):
     assert paired.loc["lstm", "seeds_improved"] == 2
     assert paired.loc["retain", "difference"] == pytest.approx((3.0 + -1.0) / 2)
     assert paired.loc["retain", "seeds_improved"] == 1
-    assert "| retain | 50.50 | 51.50 | +1.00 ± 2.83 | 1 of 2 |" in text
+    assert "| retain | diffusion | 50.50 | 51.50 | +1.00 ± 2.83 | 1 of 2 |" in text
     assert (table2_sweep / "figure3_paired_bars.png").stat().st_size > 10_000
     assert not list(table2_sweep.glob("heatmap_*.png"))  # model × augment is not a numeric grid
+
+
+def test_one_backbone_with_several_augmentations_is_table_4(tmp_path):
+    """sweep=table4: model fixed, augment swept; every member is compared with the plain backbone."""
+    number = 0
+    for augment, gain in (("none", 0.0), ("medgan", 2.0), ("medgan_att", 4.0), ("diffusion", 6.0)):
+        for seed in (0, 1, 2):
+            write_job(tmp_path, number, ["model=lstm", f"augment={augment}", f"seed={seed}"],
+                      {"test/pr_auc": 60.0 + gain + seed, "test/f1": 50.0, "test/kappa": 30.0}, status="completed",
+                      model="lstm")
+            number += 1
+    text = report(tmp_path)
+    assert "| lstm+medgan_att | 65.00 ± 1.00 (n = 3) |" in text
+    assert "| **lstm+diffusion** |" not in text and "**67.00 ± 1.00 (n = 3)**" in text
+    paired = pd.read_csv(tmp_path / "paired_differences.csv").set_index("augment")
+    assert paired.loc["medgan", "difference"] == pytest.approx(2.0)
+    assert paired.loc["medgan_att", "seeds_improved"] == 3
+    assert set(paired["backbone"]) == {"lstm"}
+    assert (tmp_path / "figure3_paired_bars.png").stat().st_size > 10_000

@@ -12,7 +12,8 @@ over seeds:
 - for a comparison of models (``model=`` swept, optionally with ``augment=none,diffusion``,
   as ``sweep=table2`` does) seed 000's Table 2 (PR-AUC, F1 and kappa, best mean per column
   in bold) and, when ``augment`` is swept, Figure 3: each backbone plain and +diffusion as
-  paired bars (``figure3_paired_bars.png``) and in numbers, with the per-seed paired
+  paired bars (``figure3_paired_bars.png``), and every augmentation member (diffusion, the
+  GANs of Table 4) against the plain backbone in numbers, with the per-seed paired
   difference.
 Standard deviations are sample standard deviations (ddof = 1) over the seeds; a cell of one
 job shows its value alone.
@@ -323,8 +324,8 @@ def heatmaps(summary: pd.DataFrame, group_keys: list[str], out_dir: Path) -> lis
 
 
 def is_model_comparison(group_keys: list[str]) -> bool:
-    """The sweep compares models: it varies `model`, and `augment` at most besides the seed."""
-    return "model" in group_keys and set(group_keys) <= {"model", "augment"}
+    """The sweep compares models: it varies `model` and/or `augment` (and the seed), nothing else."""
+    return bool(group_keys) and set(group_keys) <= {"model", "augment"}
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
@@ -350,27 +351,27 @@ def model_table(summary: pd.DataFrame) -> str:
 
 
 def paired_differences(completed: pd.DataFrame, metric: str = "test/pr_auc") -> pd.DataFrame:
-    """Figure 3 in numbers: per backbone, its plain and +diffusion means and the difference
-    (+diffusion − plain) paired by seed: mean ± std, and in how many seeds it is positive."""
-    needed = {"setting:model", "setting:augment", "setting:seed", metric}
-    if not needed <= set(completed.columns):
+    """Figure 3 (and Table 4) in numbers: per backbone and augmentation member, the plain and
+    augmented means and the difference (augmented − plain) paired by seed: mean ± std, and in
+    how many seeds it is positive."""
+    if not {"setting:augment", "setting:seed", metric} <= set(completed.columns):
         return pd.DataFrame()
-    frame = completed.loc[completed["setting:augment"].isin(["none", "diffusion"])]
-    wide = frame.pivot_table(index=["setting:model", "setting:seed"], columns="setting:augment",
-                             values=metric, aggfunc="first")
-    if not {"none", "diffusion"} <= set(wide.columns):
+    model = completed["setting:model"] if "setting:model" in completed else pd.Series("model", index=completed.index)
+    frame = completed.assign(backbone=model)
+    wide = frame.pivot_table(index=["backbone", "setting:seed"], columns="setting:augment", values=metric,
+                             aggfunc="first")
+    if "none" not in wide.columns:
         return pd.DataFrame()
-    wide = wide.dropna(subset=["none", "diffusion"])
-    difference = (wide["diffusion"] - wide["none"]).groupby(level=0)
-    result = pd.DataFrame({
-        "plain": wide["none"].groupby(level=0).mean(),
-        "+diffusion": wide["diffusion"].groupby(level=0).mean(),
-        "difference": difference.mean(),
-        "difference_std": difference.std(),
-        "seeds_improved": difference.apply(lambda d: int((d > 0).sum())),
-        "seeds": difference.size(),
-    })
-    return result.rename_axis("backbone").reset_index()
+    rows = []
+    for augment in [a for a in wide.columns if a != "none"]:
+        pairs = wide[["none", augment]].dropna()
+        for backbone, group in pairs.groupby(level=0):
+            difference = group[augment] - group["none"]
+            rows.append({"backbone": backbone, "augment": augment, "plain": group["none"].mean(),
+                         "augmented": group[augment].mean(), "difference": difference.mean(),
+                         "difference_std": difference.std(), "seeds_improved": int((difference > 0).sum()),
+                         "seeds": len(difference)})
+    return pd.DataFrame(rows)
 
 
 def paired_table(differences: pd.DataFrame, metric: str = "test/pr_auc") -> str:
@@ -378,44 +379,49 @@ def paired_table(differences: pd.DataFrame, metric: str = "test/pr_auc") -> str:
         return ""
     rows = pd.DataFrame({
         "backbone": differences["backbone"],
+        "augment": differences["augment"],
         "plain": differences["plain"].map("{:.2f}".format),
-        "+diffusion": differences["+diffusion"].map("{:.2f}".format),
+        "augmented": differences["augmented"].map("{:.2f}".format),
         "difference, paired by seed": [
             f"{d:+.2f}" + (f" ± {s:.2f}" if n > 1 else "")
             for d, s, n in zip(differences["difference"], differences["difference_std"], differences["seeds"])],
         "seeds improved": [f"{k} of {n}" for k, n in zip(differences["seeds_improved"], differences["seeds"])],
     })
-    return f"## Figure 3 in numbers ({metric}, mean over seeds)\n\n" + to_markdown(rows)
+    return f"## Augmented vs plain, paired by seed ({metric}, mean over seeds)\n\n" + to_markdown(rows)
 
 
 def paired_bars(summary: pd.DataFrame, out_dir: Path) -> Path | None:
-    """Figure 3 of seed 000: per backbone, the plain and +diffusion means (error bars: sample
-    std over seeds), one panel per Table 2 metric."""
+    """Figure 3 of seed 000: per backbone, one bar per augmentation (plain first; error bars:
+    sample std over seeds), one panel per Table 2 metric. Table 4's sweep (one backbone, ten
+    members) becomes one group of ten bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = [m for m in TABLE2_METRICS if m in set(summary["metric"])]
-    frame = summary.loc[summary["metric"].isin(metrics) & summary["augment"].isin(["none", "diffusion"])]
-    if frame.empty or frame["augment"].nunique() < 2:
+    frame = summary.loc[summary["metric"].isin(metrics)]
+    augments = sorted(frame["augment"].unique(), key=lambda a: (a != "none", a != "diffusion", a))
+    if frame.empty or len(augments) < 2:
         return None
     backbones = sorted(frame["model"].unique())
     positions = np.arange(len(backbones))
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.8 * len(backbones) + 2), 2.6 * len(metrics)),
-                             squeeze=False, sharex=True)
+    width = 0.8 / len(augments)
+    colours = plt.get_cmap("tab10" if len(augments) > 2 else "Paired")(np.arange(len(augments)) % 10)
+    fig, axes = plt.subplots(len(metrics), 1, squeeze=False, sharex=True,
+                             figsize=(max(6.0, 0.35 * len(backbones) * len(augments) + 2), 2.6 * len(metrics)))
     for ax, metric in zip(axes[:, 0], metrics):
-        for offset, (augment, name, colour) in zip((-0.2, 0.2), (("none", "plain", "#e8b339"),
-                                                                  ("diffusion", "+diffusion", "#3a78b5"))):
+        for index, (augment, colour) in enumerate(zip(augments, colours)):
             rows = frame.loc[(frame["metric"] == metric) & (frame["augment"] == augment)].set_index("model")
             rows = rows.reindex(backbones)
-            ax.bar(positions + offset, rows["mean"], width=0.4, yerr=rows["std"].fillna(0.0), capsize=2,
-                   color=colour, label=name)
+            offset = (index - (len(augments) - 1) / 2) * width
+            ax.bar(positions + offset, rows["mean"], width=width, yerr=rows["std"].fillna(0.0), capsize=2,
+                   color=colour, label="plain" if augment == "none" else f"+{augment}")
         ax.set_ylabel(metric.removeprefix("test/"))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(loc="lower right", fontsize=8)
-    axes[0, 0].set_title("Plain vs +diffusion (mean ± std over seeds)", fontsize=10)
-    axes[-1, 0].set_xticks(positions, backbones, rotation=30, ha="right")
+    axes[0, 0].legend(loc="lower right", fontsize=7, ncol=max(1, len(augments) // 5))
+    axes[0, 0].set_title("Plain vs augmented (mean ± std over seeds)", fontsize=10)
+    axes[-1, 0].set_xticks(positions, backbones, rotation=30 if len(backbones) > 1 else 0, ha="right")
     fig.tight_layout()
     path = out_dir / "figure3_paired_bars.png"
     fig.savefig(path, dpi=120)
@@ -447,6 +453,9 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> 
     summary.to_csv(multirun_dir / "summary.csv", index=False)
     text = f"# Summary of {multirun_dir}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
     if is_model_comparison(group_keys):
+        if "model" not in summary:  # one model, several augmentations (sweep=table4)
+            models = completed["setting:model"].unique() if "setting:model" in completed else ["model"]
+            summary = summary.assign(model=models[0])
         sections = [model_table(summary)]
         plots = []
         if "augment" in group_keys:
