@@ -1,16 +1,21 @@
-"""Training throughput of the risk models (seed 000) at §4.1's dimensions, each relative to the LSTM.
+"""Training cost per step of the risk models (seed 000) at §4.1's dimensions, each relative to the LSTM.
 
-One training step = forward, loss, backward, gradient clipping (norm 1.0) and an Adam step,
-exactly what ``RiskPredictor.training_step`` does under Lightning minus the trainer's own
-overhead. Batches are synthetic with the shape of the paper's data: vocabulary 4,894 (MIMIC
-column of Table 1), up to ``--visits`` visits per patient and ``--codes`` codes per visit.
-The number of real visits per patient is drawn uniformly from 1..visits, codes per visit
-from 1..codes (padding after them, as the DataModules produce).
+One step is what Lightning runs for a training batch: the model's ``training_step`` with its
+optimiser steps and gradient clipping (the trainer's for automatically optimised models, the
+model's own for the manually optimised GAN and augmentation baselines, which also generate
+their synthetic patients inside the step). Each model is fitted for one epoch of ``--warmup``
++ ``--steps`` batches by a Lightning Trainer on the CPU; a callback times every batch after
+the warm-up (wall clock and process CPU time), and the table shows medians.
 
-Prints patients per second (median over ``--repeats`` timed blocks of ``--steps`` steps)
-for each model and its step-time ratio to the LSTM, measured in the same run: every
-backbone of Table 2 plain and with ``augment=diffusion`` (Figure 3), and MedDiffusion's
-ablation AS-3. Usage: ``python bench/bench_risk_training.py [--threads 2] [--models lstm retain]``.
+Batches are synthetic with the shape of the paper's data: vocabulary 4,894 (MIMIC column of
+Table 1), up to ``--visits`` visits per patient and ``--codes`` codes per visit, the numbers
+of visits and codes drawn uniformly, padding after them as the DataModules produce.
+
+The models: every backbone of Table 2 plain and with ``augment=diffusion`` (Figure 3),
+MedDiffusion's ablation AS-3, the LSTM with each GAN member of Table 4 (± step-wise
+attention) and the three augmentation baselines of Table 2. CPU time is reported beside wall
+time because other jobs on a shared machine inflate wall time unevenly between models.
+Usage: ``python bench/bench_risk_training.py [--threads 1] [--only lstm lstm+medgan_att]``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -28,6 +34,26 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VOCAB_SIZE = 4894
 TABLE2_BACKBONES = ("lstm", "lstm_plain", "dipole", "retain", "sand", "adacare", "lsan", "retainex", "timeline",
                     "tlstm", "hitanet", "medskim")
+GAN_MEMBERS = ("ehrgan", "ehrgan_att", "gcgan", "gcgan_att", "actgan", "actgan_att", "medgan", "medgan_att")
+
+
+# The augmentation baselines' steps after their warm-up epochs (the ones that generate).
+NO_WARMUP = ["model.warmup_epochs=0"]
+
+
+def variants() -> dict[str, tuple[str, str, list[str]]]:
+    """label → (model, augment, overrides), the LSTM first (the reference)."""
+    table = {}
+    for backbone in TABLE2_BACKBONES:
+        table[backbone] = (backbone, "none", [])
+        table[f"{backbone}+diffusion"] = (backbone, "diffusion", [])
+    table["meddiffusion_as3"] = ("meddiffusion_as3", "none", [])
+    table.update({f"lstm+{member}": ("lstm", member, []) for member in GAN_MEMBERS})
+    table["ehrgan_aug"] = ("ehrgan_aug", "none", NO_WARMUP)
+    table["tabddpm_aug"] = ("tabddpm_aug", "none", NO_WARMUP)  # all 100 reverse steps (TabDDPM's)
+    table["tabddpm_aug, 10 sampling steps"] = ("tabddpm_aug", "none", [*NO_WARMUP, "model.sampling_steps=10"])
+    table["maskehr_aug"] = ("maskehr_aug", "none", [])
+    return table
 
 
 def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator: torch.Generator) -> dict:
@@ -35,7 +61,7 @@ def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator:
     visit_mask = torch.arange(max_visits)[None] < n_visits[:, None]
     n_codes = torch.randint(1, max_codes + 1, (batch_size, max_visits), generator=generator)
     code_mask = (torch.arange(max_codes)[None, None] < n_codes[..., None]) & visit_mask[..., None]
-    codes = torch.randint(1, VOCAB_SIZE, (batch_size, max_visits, max_codes), generator=generator) * code_mask
+    codes = torch.randint(2, VOCAB_SIZE, (batch_size, max_visits, max_codes), generator=generator) * code_mask
     gaps = torch.rand(batch_size, max_visits, generator=generator) * 90 * visit_mask
     gaps[:, 0] = 0.0
     days = gaps.cumsum(dim=1)
@@ -54,37 +80,38 @@ def synthetic_batch(batch_size: int, max_visits: int, max_codes: int, generator:
 
 
 def build(model_name: str, augment: str, overrides: list[str]):
-    vocabulary = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{i:05d}" for i in range(1, VOCAB_SIZE)]
+    vocabulary = ["[PAD]", "[UNK]"] + [f"DIAGNOSIS//ICD//9//{i:05d}" for i in range(2, VOCAB_SIZE)]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name="config", overrides=[f"model={model_name}", f"augment={augment}", *overrides])
-    model = instantiate(cfg.model, vocabulary=vocabulary)
-    model.train()
-    return model
+    return instantiate(cfg.model, vocabulary=vocabulary), cfg.trainer.gradient_clip_val
 
 
-def seconds_per_step(model, batches: list[dict], steps: int, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall-clock and process-CPU seconds per training step, one value per timed block.
+class StepTimer(pl.Callback):
+    """Wall and process-CPU seconds of every training batch after the first ``warmup``."""
 
-    CPU time is reported beside wall time because other jobs on a shared machine inflate
-    wall time unevenly between models; CPU-time ratios stay comparable."""
-    optimizer = model.hparams.optimizer(params=model.parameters())
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
 
-    def step(batch):
-        optimizer.zero_grad(set_to_none=True)
-        model.training_loss(batch)["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._started = (time.perf_counter(), time.process_time())
 
-    for batch in batches[:2]:  # warm-up
-        step(batch)
-    wall, cpu = [], []
-    for repeat in range(repeats):
-        wall_start, cpu_start = time.perf_counter(), time.process_time()
-        for i in range(steps):
-            step(batches[(repeat * steps + i) % len(batches)])
-        wall.append((time.perf_counter() - wall_start) / steps)
-        cpu.append((time.process_time() - cpu_start) / steps)
-    return wall, cpu
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.wall.append(time.perf_counter() - self._started[0])
+            self.cpu.append(time.process_time() - self._started[1])
+
+
+def seconds_per_step(model, gradient_clip_val, batches: list[dict], warmup: int) -> tuple[float, float]:
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         gradient_clip_val=gradient_clip_val, callbacks=[timer])
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    validation = torch.utils.data.DataLoader(batches[:1], batch_size=None)  # the models' schedulers read val/f1
+    trainer.fit(model, loader, validation)
+    return statistics.median(timer.wall), statistics.median(timer.cpu)
 
 
 def main() -> None:
@@ -92,52 +119,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--visits", type=int, default=20)
     parser.add_argument("--codes", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=list(TABLE2_BACKBONES),
-                        help="risk backbones (conf/model names), the first is the reference (default: %(default)s)")
-    parser.add_argument(
-        "--unet", action="store_true", help="also time the authors'-size UNet denoiser (very slow on CPU: 1 × 2 steps)"
-    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="+", help="labels to time (default: all; lstm is always first)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    batches = [synthetic_batch(args.batch_size, args.visits, args.codes, generator) for _ in range(8)]
+    batches = [synthetic_batch(args.batch_size, args.visits, args.codes, generator)
+               for _ in range(args.warmup + args.steps)]
+    table = variants()
+    labels = ["lstm", *[label for label in (args.only or table) if label != "lstm"]]
 
-    variants = {}
-    for name in args.models:
-        variants[name] = (name, "none", [])
-        variants[f"{name}+diffusion"] = (name, "diffusion", [])
-    variants["meddiffusion AS-3 (λ_S = 0)"] = ("meddiffusion_as3", "none", [])
-    unet_label = "meddiffusion (UNet1dDenoiser 128×(1,2,4,8))"
-    if args.unet:
-        variants[unet_label] = (
-            "meddiffusion", "none",
-            ["model.denoiser._target_=ehrlab.models.risk.denoiser.UNet1dDenoiser", "~model.denoiser.n_blocks"],
-        )
-
-    print(
-        f"batch {args.batch_size}, ≤{args.visits} visits × ≤{args.codes} codes, vocab {VOCAB_SIZE}, "
-        f"d_e = d_h = 256, torch threads {args.threads}; median of {args.repeats} × {args.steps} steps"
-    )
-    print(
-        f"{'model':<32} {'params':>10} {'wall ms/step':>13} {'patients/s':>11} {'× lstm':>7} "
-        f"{'CPU ms/step':>12} {'CPU × lstm':>11}"
-    )
-    lstm_wall = lstm_cpu = None
-    for label, (name, augment, overrides) in variants.items():
-        model = build(name, augment, overrides)
-        steps, repeats = (2, 1) if label == unet_label else (args.steps, args.repeats)
-        wall, cpu = (statistics.median(t) for t in seconds_per_step(model, batches, steps, repeats))
-        lstm_wall, lstm_cpu = lstm_wall or wall, lstm_cpu or cpu
+    print(f"batch {args.batch_size}, ≤{args.visits} visits × ≤{args.codes} codes, vocab {VOCAB_SIZE}, "
+          f"torch threads {args.threads}; median of {args.steps} steps after {args.warmup} warm-up steps")
+    print(f"{'model':<32} {'params':>10} {'wall ms/step':>13} {'× lstm':>7} {'CPU ms/step':>12} {'CPU × lstm':>11}")
+    reference = None
+    for label in labels:
+        torch.manual_seed(0)
+        model, clip = build(*table[label])
+        wall, cpu = seconds_per_step(model, clip, batches, args.warmup)
+        reference = reference or (wall, cpu)
         n_parameters = sum(p.numel() for p in model.parameters())
-        print(
-            f"{label:<32} {n_parameters:>10,} {1000 * wall:>13.1f} {args.batch_size / wall:>11.1f} "
-            f"{wall / lstm_wall:>7.2f} {1000 * cpu:>12.1f} {cpu / lstm_cpu:>11.2f}",
-            flush=True,
-        )
+        print(f"{label:<32} {n_parameters:>10,} {1000 * wall:>13.1f} {wall / reference[0]:>7.2f} "
+              f"{1000 * cpu:>12.1f} {cpu / reference[1]:>11.2f}", flush=True)
 
 
 if __name__ == "__main__":
