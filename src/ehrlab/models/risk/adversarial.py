@@ -131,7 +131,6 @@ class GANAugmentedPredictor(RiskPredictor):
         self.lambda_synthetic = lambda_synthetic
         self.lambda_generator = lambda_generator
         self.gradient_clip_val = gradient_clip_val
-        self._validated_this_epoch = False
 
     # --- the generator's side ---------------------------------------------------------------
 
@@ -211,48 +210,19 @@ class GANAugmentedPredictor(RiskPredictor):
         # Plain schedulers (no Lightning dict): under manual optimisation this model steps them.
         return optimizers, [self.hparams.scheduler(optimizer=o) for o in optimizers]
 
-    def _step(self, optimizer, loss: Tensor) -> None:
-        self.manual_backward(loss)
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         optimizer, discriminator_optimizer = self.optimizers()
         self.toggle_optimizer(optimizer)  # D frozen: L_G's gradient flows through D into e' only
         losses, passed = self._classifier_side(batch)
-        self._step(optimizer, losses["loss"])
+        self.manual_step(optimizer, losses["loss"])
         self.untoggle_optimizer(optimizer)
 
         self.toggle_optimizer(discriminator_optimizer)
         losses["discriminator_loss"] = self.discriminator_loss(passed)
-        self._step(discriminator_optimizer, losses["discriminator_loss"])
+        self.manual_step(discriminator_optimizer, losses["discriminator_loss"])
         self.untoggle_optimizer(discriminator_optimizer)
 
         batch_size = batch["label"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
                      batch_size=batch_size)
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if not self.trainer.sanity_checking:
-            self._validated_this_epoch = True
-
-    def on_train_epoch_end(self) -> None:
-        """Step the schedulers on this epoch's validation F1 (Lightning steps none under
-        manual optimisation); epochs without a validation leave them alone."""
-        if not self._validated_this_epoch:
-            return
-        self._validated_this_epoch = False
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return
-        value = self.trainer.callback_metrics.get(self.monitor)
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                if value is not None:
-                    scheduler.step(value)
-            else:
-                scheduler.step()

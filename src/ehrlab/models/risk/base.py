@@ -193,6 +193,35 @@ class RiskPredictor(EHRModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
+        if self.trainer is not None and not self.trainer.sanity_checking:
+            self._validated_this_epoch = True
+
+    # --- manual optimisation (the GAN members and augmentation baselines: several optimisers) --
+
+    def manual_step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """One step of ``optimizer`` on ``loss``: backward, clipping by norm at the model's
+        ``gradient_clip_val`` (Lightning refuses the trainer's under manual optimisation), step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = getattr(self, "gradient_clip_val", None)
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def on_train_epoch_end(self) -> None:
+        """Under manual optimisation Lightning steps no scheduler: step them here on this epoch's
+        validation monitor (``val/f1``), as the automatic loop would; an epoch without a
+        validation leaves them alone (``callback_metrics`` would still hold an older one)."""
+        if self.automatic_optimization or not getattr(self, "_validated_this_epoch", False):
+            return
+        self._validated_this_epoch = False
+        schedulers = self.lr_schedulers()
+        value = self.trainer.callback_metrics.get(self.monitor)
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            elif value is not None:
+                scheduler.step(value)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

@@ -380,13 +380,6 @@ class EhrGANAugmentation(RiskPredictor):
 
     # --- Lightning hooks -------------------------------------------------------------------
 
-    def _optimise(self, optimizer, loss: Tensor) -> None:
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         classifier_optimizer, generator_optimizer, discriminator_optimizer = self.optimizers()
         n_real = batch["label"].shape[0]
@@ -395,31 +388,19 @@ class EhrGANAugmentation(RiskPredictor):
         if self.n_synthetic(n_real) > 0:
             synthetic = self.generate(batch)
             discriminator_loss = self.discriminator_loss(batch, synthetic)
-            self._optimise(discriminator_optimizer, discriminator_loss)
+            self.manual_step(discriminator_optimizer, discriminator_loss)
             self.toggle_optimizer(generator_optimizer)  # the discriminator is frozen for this pass
             generator_loss = self.generator_loss(synthetic)  # against the updated discriminator
-            self._optimise(generator_optimizer, generator_loss)
+            self.manual_step(generator_optimizer, generator_loss)
             self.untoggle_optimizer(generator_optimizer)
             losses = {"discriminator_loss": discriminator_loss.detach(), "generator_loss": generator_loss.detach()}
         with_synthetic = synthetic is not None and self.current_epoch >= self.warmup_epochs
         classifier = self.classifier_losses(batch, synthetic.batch if with_synthetic else None)
-        self._optimise(classifier_optimizer, classifier["loss"])
+        self.manual_step(classifier_optimizer, classifier["loss"])
         losses |= {name: value.detach() for name, value in classifier.items()}
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=n_real)
         return classifier["loss"].detach()
-
-    def on_train_epoch_end(self) -> None:
-        """ReduceLROnPlateau on the classifier's optimiser, on this epoch's ``val/f1`` (validation
-        has run by now); Lightning steps no scheduler under manual optimisation."""
-        scheduler = self.lr_schedulers()
-        metric = self.trainer.callback_metrics.get(self.monitor)
-        if scheduler is None or metric is None:
-            return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metric)
-        else:
-            scheduler.step()
 
     def configure_optimizers(self):
         """Classifier (with the scheduler, if any), generator, discriminator — in this order."""

@@ -339,9 +339,9 @@ class MaskEHRAugmentation(RiskPredictor):
         synthetic = self.synthesise(batch)
         if synthetic is not None:
             discriminator_loss, fake_logits = self.discriminator_loss(batch, synthetic)
-            self._optimise(discriminator_opt, discriminator_loss, self.discriminator)
+            self.manual_step(discriminator_opt, discriminator_loss)
             generator_losses = self.generator_loss(synthetic, fake_logits)
-            self._optimise(generator_opt, generator_losses["generator_loss"], self.generator)
+            self.manual_step(generator_opt, generator_losses["generator_loss"])
             logs |= {"discriminator_loss": discriminator_loss, **generator_losses,
                      "n_synthetic": torch.tensor(float(len(synthetic.sources)))}
 
@@ -367,33 +367,20 @@ class MaskEHRAugmentation(RiskPredictor):
         classifier_loss = (per_sample_ce * keep).sum() / keep.sum()
         auxiliary = self.backbone.auxiliary_losses(combined)
         classifier_loss = classifier_loss + sum(auxiliary.values(), torch.zeros((), device=logits.device))
-        self._optimise(classifier_opt, classifier_loss, self.backbone)
+        self.manual_step(classifier_opt, classifier_loss)
         logs |= {"ce": per_sample_ce[:n_real].mean().detach(), **auxiliary, "classifier_loss": classifier_loss}
 
         if selector_log_prob is not None:
             reward = ce_before - self._real_cross_entropy(batch)
             advantage = reward - self._update_reward_baseline(reward)
             selector_loss = -advantage * selector_log_prob.mean()
-            self._optimise(selector_opt, selector_loss, self.selector)
+            self.manual_step(selector_opt, selector_loss)
             logs |= {"selector_loss": selector_loss, "selector_reward": reward}
 
         logs["loss"] = classifier_loss  # what the progress bar and train/loss show: the predictor's
         for name, value in logs.items():
             self.log(f"train/{name}", value.detach().float(), on_step=True, on_epoch=True, prog_bar=name == "loss",
                      batch_size=n_real)
-
-    def on_train_epoch_end(self) -> None:
-        """ReduceLROnPlateau on val/f1 (validation has run by now), as the automatic loop would."""
-        scheduler = self.lr_schedulers()
-        if scheduler is None:
-            return
-        value = self.trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(value)
-        else:
-            scheduler.step()
 
     def configure_optimizers(self):
         optimizers = [self.hparams.optimizer(params=self.backbone.parameters())]
@@ -408,13 +395,6 @@ class MaskEHRAugmentation(RiskPredictor):
         return optimizers, [self.hparams.scheduler(optimizer=optimizers[0])]
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _optimise(self, optimizer, loss: Tensor, module: nn.Module) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
 
     @torch.no_grad()
     def _real_cross_entropy(self, batch: Batch) -> Tensor:

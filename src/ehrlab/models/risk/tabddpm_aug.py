@@ -469,19 +469,6 @@ class TabDDPMAugmentation(RiskPredictor):
                      batch_size=batch_size)
         return losses["loss"].detach()
 
-    def on_train_epoch_end(self) -> None:
-        """Steps the classifier's scheduler once per epoch (after validation), on ``val/f1``
-        for ReduceLROnPlateau, as automatic optimisation would."""
-        scheduler = self.lr_schedulers()
-        if scheduler is None:
-            return
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            metric = self.trainer.callback_metrics.get(self.monitor)
-            if metric is not None:
-                scheduler.step(metric)
-        else:
-            scheduler.step()
-
     def configure_optimizers(self):
         """[classifier (seed 000's recipe, with its scheduler), denoiser (TabDDPM's AdamW)]."""
         classifier_optimizer = self.hparams.optimizer(params=self.backbone.parameters())
