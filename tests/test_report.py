@@ -262,3 +262,19 @@ def test_one_backbone_with_several_augmentations_is_table_4(tmp_path):
     assert paired.loc["medgan_att", "seeds_improved"] == 3
     assert set(paired["backbone"]) == {"lstm"}
     assert (tmp_path / "figure3_paired_bars.png").stat().st_size > 10_000
+
+
+def test_several_sweeps_make_one_table(table2_sweep, tmp_path_factory):
+    """sweep=table2 and sweep=table2_augmentation (the augmentation baselines) reported together."""
+    baselines = tmp_path_factory.mktemp("table2_augmentation")
+    for number, seed in enumerate((0, 1)):
+        write_job(baselines, number, ["model=tabddpm_aug", "augment=none", f"seed={seed}"],
+                  {"test/pr_auc": 70.0 + seed, "test/f1": 45.0, "test/kappa": 30.0}, status="completed",
+                  model="tabddpm_aug")
+    main([str(table2_sweep), str(baselines)])
+    text = (table2_sweep / "summary.md").read_text()
+    assert text.startswith(f"# Summary of {table2_sweep}, {baselines}")
+    assert "10 job directories: 10 completed." in text
+    assert "| tabddpm_aug | **70.50 ± 0.71 (n = 2)** |" in text  # the best PR-AUC of the joint table
+    paired = pd.read_csv(table2_sweep / "paired_differences.csv")
+    assert set(paired["backbone"]) == {"lstm", "retain"}  # the baselines have no plain/augmented pair

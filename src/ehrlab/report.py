@@ -1,4 +1,4 @@
-"""Aggregate a multirun: `python -m ehrlab.report <multirun dir> [--metrics test/ eval/]`.
+"""Aggregate a multirun: `python -m ehrlab.report <multirun dir> [<more multirun dirs>] [--metrics test/ eval/]`.
 
 Reads every job's status (`status.json`), metrics (`metrics.json`) and the overrides Hydra
 recorded for it, groups completed jobs that differ only in `seed`, and writes mean ± std
@@ -434,7 +434,7 @@ def _numeric_key(index: pd.Index) -> pd.Index:
     return index if converted.isna().any() else converted
 
 
-def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> str:
+def _sweep_of(multirun_dir: Path) -> Sweep:
     if not multirun_dir.is_dir():
         raise UserInputError(f"{multirun_dir} is not a directory: give a multirun directory (multirun/<date>/<time>_<id>).")
     sweep = collect_jobs(multirun_dir)
@@ -444,14 +444,26 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> 
         raise UserInputError(
             f"no job directory in {multirun_dir} (one holding status.json, metrics.json or .hydra/overrides.yaml): "
             f"give a multirun directory, multirun/<date>/<time>_<id>.{hint}")
+    return sweep
+
+
+def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES, also: tuple[Path, ...] = ()) -> str:
+    """Summarise the sweep in ``multirun_dir``, together with the sweeps in ``also`` as one table
+    (e.g. sweep=table2 and the augmentation baselines' sweep); the files go to ``multirun_dir``."""
+    sweeps = [_sweep_of(directory) for directory in (multirun_dir, *also)]
+    expected = [s.n_expected for s in sweeps]
+    sweep = Sweep([job for s in sweeps for job in s.jobs], [note for s in sweeps for note in s.notes],
+                  None if None in expected else sum(expected))
+    multirun_dir_names = ", ".join(str(d) for d in (multirun_dir, *also))
     counts = job_counts(sweep)
     problems = problem_list(sweep.jobs)
     if not any(job.state == "completed" for job in sweep.jobs):
-        raise UserInputError("\n".join([f"no completed job in {multirun_dir}, nothing to summarise. {counts}", *problems]))
+        raise UserInputError("\n".join([f"no completed job in {multirun_dir_names}, nothing to summarise. {counts}",
+                                         *problems]))
     completed, group_keys = completed_table(sweep.jobs)
     summary = summarize(completed, group_keys, prefixes)
     summary.to_csv(multirun_dir / "summary.csv", index=False)
-    text = f"# Summary of {multirun_dir}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
+    text = f"# Summary of {multirun_dir_names}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
     if is_model_comparison(group_keys):
         if "model" not in summary:  # one model, several augmentations (sweep=table4)
             models = completed["setting:model"].unique() if "setting:model" in completed else ["model"]
@@ -478,11 +490,13 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ehrlab.report", description=__doc__.split("\n")[0])
-    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("multirun_dirs", type=Path, nargs="+",
+                        help="one sweep, or several summarised as one table (written to the first)")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_PREFIXES),
                         help="metric name prefixes to summarise (default: %(default)s)")
     args = parser.parse_args(argv)
-    print(exit_on_user_error(report, args.multirun_dir, tuple(args.metrics)))
+    first, *also = args.multirun_dirs
+    print(exit_on_user_error(report, first, tuple(args.metrics), tuple(also)))
 
 
 if __name__ == "__main__":
