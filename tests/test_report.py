@@ -268,7 +268,9 @@ def test_several_sweeps_make_one_table(table2_sweep, tmp_path_factory):
     """sweep=table2 and sweep=table2_augmentation (the augmentation baselines) reported together."""
     baselines = tmp_path_factory.mktemp("table2_augmentation")
     for number, seed in enumerate((0, 1)):
-        write_job(baselines, number, ["model=tabddpm_aug", "augment=none", f"seed={seed}"],
+        # as Hydra records them: the sweep's name and a key that only this model has
+        write_job(baselines, number, ["model=tabddpm_aug", "augment=none", f"seed={seed}", "sweep=table2_augmentation",
+                                      "model.sampling_steps=10"],
                   {"test/pr_auc": 70.0 + seed, "test/f1": 45.0, "test/kappa": 30.0}, status="completed",
                   model="tabddpm_aug")
     main([str(table2_sweep), str(baselines)])
@@ -276,5 +278,6 @@ def test_several_sweeps_make_one_table(table2_sweep, tmp_path_factory):
     assert text.startswith(f"# Summary of {table2_sweep}, {baselines}")
     assert "10 job directories: 10 completed." in text
     assert "| tabddpm_aug | **70.50 ± 0.71 (n = 2)** |" in text  # the best PR-AUC of the joint table
+    assert "| model | augment | test/f1 |" in text  # neither `sweep` nor a per-model key is a column
     paired = pd.read_csv(table2_sweep / "paired_differences.csv")
     assert set(paired["backbone"]) == {"lstm", "retain"}  # the baselines have no plain/augmented pair

@@ -215,8 +215,24 @@ def completed_table(jobs: list[Job]) -> tuple[pd.DataFrame, list[str]]:
     keys = list(dict.fromkeys(key for job in jobs for key in job.settings()))
     rows = [{"job": job.directory.name, **{f"setting:{k}": job.settings().get(k, "(default)") for k in keys},
              **job.metrics} for job in jobs if job.state == "completed"]
-    varying = [k for k in keys if k != "seed" and len({job.settings().get(k, "(default)") for job in jobs}) > 1]
-    return pd.DataFrame(rows), varying
+    varying = [k for k in keys if k not in NOT_GROUPED and len({job.settings().get(k, "(default)") for job in jobs}) > 1]
+    return pd.DataFrame(rows), [k for k in varying if not _set_per_model(k, jobs, varying)]
+
+
+# The seed is averaged over; `sweep=` only chose which jobs ran (it sets no job setting).
+NOT_GROUPED = ("seed", "sweep")
+
+
+def _set_per_model(key: str, jobs: list[Job], varying: list[str]) -> bool:
+    """A `model.*` setting that has one value per model when models are compared (e.g.
+    TabDDPM's `model.sampling_steps`, which exists for that model only): part of the model's
+    row, not a grouping of its own."""
+    if key == "model" or "model" not in varying or not key.startswith("model."):
+        return False
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        values.setdefault(job.settings().get("model", "(default)"), set()).add(job.settings().get(key, "(default)"))
+    return all(len(v) == 1 for v in values.values())
 
 
 def summarize(jobs: pd.DataFrame, group_keys: list[str],
