@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrlab.models.risk.base import Batch, RiskBackbone
-from ehrlab.models.risk.layers import max_over_real_visits, sum_code_embeddings
+from ehrlab.models.risk.layers import READOUTS, read_out, sum_code_embeddings
 
-READOUTS = ("last", "max")
 ACTIVATIONS = ("sigmoid", "sparsemax")
 
 
@@ -149,12 +148,4 @@ class AdaCareBackbone(RiskBackbone):
         return hidden_states
 
     def patient_representation(self, hidden_states: Tensor, batch: Batch) -> Tensor:
-        if self.readout == "last":
-            representation = super().patient_representation(hidden_states, batch)
-        else:
-            representation = max_over_real_visits(hidden_states, batch["visit_mask"])
-        return self.dropout(representation)
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight
+        return self.dropout(read_out(hidden_states, batch["visit_mask"], self.readout))

@@ -103,8 +103,10 @@ class RiskBackbone(nn.Module):
 
     @property
     def code_embeddings(self) -> Tensor | None:
-        """The code embedding table ``W_v`` [vocab_size, visit_dim] if the backbone has one."""
-        return None
+        """The code embedding table ``W_v`` [vocab_size, visit_dim]: the weight of the
+        backbone's ``code_embedding`` module if it has one (every backbone here does)."""
+        table = getattr(self, "code_embedding", None)
+        return table.weight if table is not None else None
 
     def forward(self, batch: Batch) -> Tensor:
         return self.classify(self.encode(self.embed_visits(batch), batch), batch)

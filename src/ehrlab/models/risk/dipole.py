@@ -130,7 +130,3 @@ class DipoleBackbone(RiskBackbone):
         context = torch.einsum("bv,bvh->bh", weights, hidden_states)  # c (Eq. 8)
         last = last_visit(hidden_states, batch["visit_mask"])  # h_K
         return self.dropout(torch.tanh(self.combine(torch.cat([context, last], dim=-1))))  # h̃ (Eq. 9)
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

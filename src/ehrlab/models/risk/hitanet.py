@@ -139,7 +139,3 @@ class HiTANetBackbone(RiskBackbone):
         """``r = Σ_k γ_k h_k`` over the real visits, with dropout."""
         combined = self.attention_weights(hidden_states, batch)["combined"]
         return self.dropout((combined.unsqueeze(1) @ hidden_states).squeeze(1))
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

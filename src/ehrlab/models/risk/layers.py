@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ehrlab.models.risk.base import last_visit
+
 # HiTANet's time feature, MedDiffusion's Eq. 3.3 (which borrows it) and the MedSkim authors' code
 # scale the gap by 180 days (roughly the six-month horizon of the cohorts).
 TIME_SCALE_DAYS = 180.0
@@ -31,6 +33,15 @@ def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1, zero_empty_rows:
     """
     weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=dim)
     return weights * mask if zero_empty_rows else weights
+
+
+READOUTS = ("last", "max")
+
+
+def read_out(hidden_states: Tensor, visit_mask: Tensor, readout: str) -> Tensor:
+    """[B, H] patient summary of ``hidden_states`` [B, V, H]: the last real visit's state
+    (``"last"``) or the max over real visits (``"max"``, the MedDiffusion authors' pooling)."""
+    return last_visit(hidden_states, visit_mask) if readout == "last" else max_over_real_visits(hidden_states, visit_mask)
 
 
 def max_over_real_visits(hidden_states: Tensor, visit_mask: Tensor) -> Tensor:

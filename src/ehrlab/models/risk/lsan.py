@@ -119,7 +119,3 @@ class LSANBackbone(RiskBackbone):
 
     def patient_representation(self, hidden_states: Tensor, batch: Batch) -> Tensor:
         return (self.visit_weights(hidden_states, batch).unsqueeze(-1) * hidden_states).sum(dim=1)
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

@@ -225,7 +225,3 @@ class MedSkimBackbone(RiskBackbone):
         predictor adds it to the cross-entropy and logs it."""
         rate = self.skip_rate(batch)
         return {"skip_regulariser": self.skip_lambda * (rate - self.target_skip_rate) ** 2}
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

@@ -111,7 +111,3 @@ class RetainBackbone(RiskBackbone):
         code_vectors = self.code_embedding.weight[codes] * (codes != 0).unsqueeze(-1)  # W_emb[:, j] per slot
         weighted = alpha[..., None, None] * beta.unsqueeze(2) * code_vectors
         return weighted @ self.output.weight.T
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

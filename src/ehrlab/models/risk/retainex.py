@@ -143,7 +143,3 @@ class RetainExBackbone(RiskBackbone):
         code_vectors = self.code_embedding.weight[codes, self.embedding_dim :] * (codes != 0).unsqueeze(-1)  # W^b[c]
         terms = alpha[..., None, None] * self.term_projection(beta.unsqueeze(2) * code_vectors)
         return terms @ self.output.weight.T
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

@@ -115,7 +115,3 @@ class SAnDBackbone(RiskBackbone):
         """The dense interpolation ``U`` flattened to [B, M · hidden_dim], with dropout."""
         weights = self.interpolation_weights(batch["visit_mask"]).to(hidden_states.dtype)
         return self.dropout((weights @ hidden_states).flatten(start_dim=1))
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight

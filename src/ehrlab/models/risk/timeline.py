@@ -106,7 +106,3 @@ class TimelineBackbone(RiskBackbone):
     def encode(self, visit_embeddings: Tensor, batch: Batch) -> Tensor:
         hidden_states, _ = self.lstm(visit_embeddings)
         return hidden_states
-
-    @property
-    def code_embeddings(self) -> Tensor:
-        return self.code_embedding.weight
