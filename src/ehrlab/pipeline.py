@@ -39,8 +39,7 @@ from ehrlab.checkpoints import RandomStateCheckpoint, check_checkpoint_fits, loa
 from ehrlab.cli import one_line_reason, user_error_in
 from ehrlab.config import check_config, resumed_config
 from ehrlab.data.cache import default_cache_dir, load_canonical, remove_stale_staging, staged_folder
-from ehrlab.data.datamodules import EHRDataModule
-from ehrlab.data.tasks.base import TaskData
+from ehrlab.data.tasks.base import load_task_data
 from ehrlab.errors import UserInputError
 from ehrlab.families import Family, family_of
 from ehrlab.loggers import build_logger, finish, log_results
@@ -109,9 +108,9 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     task_data = prepare(cfg, run_dir)
     metrics = {f"data/{k}": v for k, v in flat_numbers(task_data.stats).items()}
     if cfg.stage != "prepare":
-        datamodule = EHRDataModule(task_data, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                                   pin_memory=cfg.data.pin_memory)
-        model = instantiate(cfg.model, vocabulary=datamodule.vocabulary)
+        datamodule = task_data.datamodule(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                          pin_memory=cfg.data.pin_memory)
+        model = instantiate(cfg.model, **datamodule.model_arguments())
         family = family_of(model)
         family.check(cfg, model, task_data)
         check_splits_not_empty(task_data)
@@ -137,6 +136,8 @@ def train_or_load(cfg: DictConfig, model, family: Family, datamodule, logger, ru
     """Train (stage train/all; from the run's last.ckpt when resuming) and keep the best
     weights, or load the weights of ckpt_path for the later stages."""
     trainer = build_trainer(cfg, model, logger, run_dir)
+    if not getattr(model, "trainable", True):
+        return trainer  # a rule such as "the previous image is the forecast": nothing to fit or load
     if cfg.stage in ("train", "all"):
         resume_from = None
         if cfg.get("resume"):
@@ -154,8 +155,8 @@ def train_or_load(cfg: DictConfig, model, family: Family, datamodule, logger, ru
     return trainer
 
 
-def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
-    """Canonical tables (cached) → task data (cached) → data_stats.json."""
+def prepare(cfg: DictConfig, run_dir: Path):
+    """Canonical tables (cached) → task data of the task's kind (cached) → data_stats.json."""
     source = instantiate(cfg.data.source)
     task = instantiate(cfg.task)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
@@ -164,11 +165,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
         # A hit writes nothing, so sweep up what killed runs left half-written here.
         remove_stale_staging(task_folder.parent)
         log.info("reading prepared %s task from cache %s", task.name, task_folder)
-        task_data = TaskData.load(task_folder)
+        task_data = load_task_data(task_folder)
     else:
         tables = load_canonical(source, cache_dir)
-        planted = source.planted_risk() if hasattr(source, "planted_risk") else None
-        task_data = task.build(tables, seed=cfg.seed, planted_risk=planted)
+        task_data = task.build(tables, seed=cfg.seed)
         with staged_folder(task_folder) as staging:
             task_data.save(staging)
     write_json(run_dir / "data_stats.json", task_data.stats)
@@ -176,9 +176,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> TaskData:
     return task_data
 
 
-def check_splits_not_empty(task_data: TaskData) -> None:
-    for split, sequences in task_data.splits.items():
-        if sequences.n_patients == 0:
+def check_splits_not_empty(task_data) -> None:
+    for split, size in task_data.split_sizes().items():
+        if size == 0:
             raise UserInputError(f"the {split} split is empty ({task_data.stats.get('n_patients')} patients "
                                  "prepared): use more data or change task.split.")
 

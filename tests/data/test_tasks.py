@@ -40,7 +40,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     source = SyntheticSource(cache_dir=tmp_path_factory.mktemp("synthetic"), n_patients=3000, seed=1)
-    return source.read(), source.planted_risk()
+    tables = source.read()
+    return tables, tables.planted
 
 
 def visits_of(task_data, subject_id):
@@ -97,7 +98,7 @@ def test_empty_cohort_is_an_error(tiny):
 def test_matching_split_and_planted_ceiling_at_scale(synthetic):
     tables, planted = synthetic
     task = RiskTask("heart_failure", HF_CODES)
-    data = task.build(tables, seed=3, planted_risk=planted)
+    data = task.build(tables, seed=3)
     stats = data.stats
     assert stats["n_positive"] >= 150
     assert stats["n_negative"] <= 3 * stats["n_positive"]

@@ -160,7 +160,8 @@ tables = MIMIC3Source(MIMIC3_TINY).read()
 subjects = tables.static["subject_id"].to_numpy()
 planted = pd.DataFrame({{"subject_id": subjects, "cohort": "heart_failure", "risk": np.linspace(0, 1, len(subjects))}})
 task = RiskTask("heart_failure", {{"icd9": ["398.91", "428*"]}}, controls_per_case=None, split=[0.4, 0.2, 0.4])
-assert "planted_ceiling" in task.build(tables, seed=0, planted_risk=planted).stats
+tables.planted = planted
+assert "planted_ceiling" in task.build(tables, seed=0).stats
 GenerationTask(split=[0.4, 0.2, 0.4]).build(tables, seed=0)
 loaded = sorted(m for m in sys.modules if m.startswith(("ehrlab.evaluation", "ehrlab.models")))
 assert not loaded, loaded

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ehrlab.data.sources.base import CanonicalTables, Source
+from ehrlab.data.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +31,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EHRLAB_CACHE", Path.home() / ".cache" / "ehrlab"))
 
 
-def load_canonical(source: Source, cache_dir: str | Path | None = None) -> CanonicalTables:
-    """The source's canonical tables, from the cache when the key matches."""
+def load_canonical(source: Source, cache_dir: str | Path | None = None):
+    """The source's tables (`source.tables_type`: canonical events, or a chest X-ray source's
+    images and events), from the cache when the key matches."""
     folder = Path(cache_dir or default_cache_dir()) / "canonical" / f"{source.name}-{source.cache_key()}"
     if (folder / "counts.json").exists():
         log.info("reading canonical %s tables from cache %s", source.name, folder)
-        splits_path = folder / "splits.parquet"
-        return CanonicalTables(
-            events=pd.read_parquet(folder / "events.parquet"),
-            static=pd.read_parquet(folder / "static.parquet"),
-            counts=json.loads((folder / "counts.json").read_text()),
-            splits=pd.read_parquet(splits_path) if splits_path.exists() else None,
-        )
+        return source.tables_type.load(folder)
     log.info("reading %s source; caching canonical tables in %s", source.name, folder)
     tables = source.read()
     with staged_folder(folder) as staging:
-        tables.events.to_parquet(staging / "events.parquet", index=False)
-        tables.static.to_parquet(staging / "static.parquet", index=False)
-        if tables.splits is not None:
-            tables.splits.to_parquet(staging / "splits.parquet", index=False)
-        (staging / "counts.json").write_text(json.dumps(tables.counts, indent=2))
+        tables.save(staging)
     return tables
 
 

@@ -99,6 +99,10 @@ class EHRDataModule(pl.LightningDataModule):
     def vocabulary(self) -> list[str]:
         return self.task_data.vocabulary
 
+    def model_arguments(self) -> dict:
+        """What the data tells a model's constructor: its code vocabulary."""
+        return {"vocabulary": self.vocabulary}
+
     @property
     def code_frequencies(self) -> np.ndarray:
         """Training-split visits per code id (never the held-out splits'); see TaskData."""

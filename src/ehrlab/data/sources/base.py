@@ -25,16 +25,39 @@ class CanonicalTables:
     counts: dict[str, int]
     #: subject_id -> "train" / "tuning" / "held_out" when the source defines splits (MEDS)
     splits: pd.DataFrame | None = None
+    #: a synthetic source's ground truth (subject_id, cohort, risk: its own probability of
+    #: each cohort's disease), from which risk tasks report the planted ceiling; else None
+    planted: pd.DataFrame | None = None
+
+    def save(self, folder: Path) -> None:
+        for name in ("events", "static", "splits", "planted"):
+            if getattr(self, name) is not None:
+                getattr(self, name).to_parquet(folder / f"{name}.parquet", index=False)
+        (folder / "counts.json").write_text(json.dumps(self.counts, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> CanonicalTables:
+        optional = {name: pd.read_parquet(folder / f"{name}.parquet") if (folder / f"{name}.parquet").exists()
+                    else None for name in ("splits", "planted")}
+        return cls(events=pd.read_parquet(folder / "events.parquet"),
+                   static=pd.read_parquet(folder / "static.parquet"),
+                   counts=json.loads((folder / "counts.json").read_text()), **optional)
 
 
 class Source(abc.ABC):
-    """A reader of one raw format. Subclasses set `name` and implement `read`."""
+    """A reader of one raw format. Subclasses set `name` and implement `read`; a reader of
+    another family's tables (chest X-ray images and events) sets `tables_type` to the class
+    it returns, which saves and loads itself for the cache."""
 
     name: str = "source"
+    tables_type: type = CanonicalTables
+    # Part of every cache key: bump it when the cached tables change shape for the same
+    # inputs. 2: the synthetic source's planted truth travels in the tables.
+    TABLES_FORMAT = 2
 
     @abc.abstractmethod
-    def read(self) -> CanonicalTables:
-        """Read the raw files into canonical tables (no caching here)."""
+    def read(self):
+        """Read the raw files into `tables_type` (no caching here)."""
 
     @abc.abstractmethod
     def cache_identity(self) -> dict[str, Any]:
@@ -45,7 +68,7 @@ class Source(abc.ABC):
         files, and a run asks for it several times (task cache, canonical cache, the
         synthetic folder)."""
         if getattr(self, "_cache_key", None) is None:
-            identity = json.dumps({"source": self.name, **self.cache_identity()}, sort_keys=True, default=str)
+            identity = json.dumps({"source": self.name, "format": self.TABLES_FORMAT, **self.cache_identity()}, sort_keys=True, default=str)
             self._cache_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return self._cache_key
 

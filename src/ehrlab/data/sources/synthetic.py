@@ -13,8 +13,6 @@ import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from ehrlab.data import synthetic
 from ehrlab.data.cache import default_cache_dir, staged_folder
 from ehrlab.data.sources.base import CanonicalTables, Source
@@ -54,8 +52,9 @@ class SyntheticSource(Source):
         return folder
 
     def read(self) -> CanonicalTables:
-        return MIMIC3Source(self.root).read()
-
-    def planted_risk(self) -> pd.DataFrame:
-        """The generator's own probability of each cohort's disease per patient."""
-        return synthetic.read_planted_risk(self.root)
+        """The MIMIC-III reader's tables, with the generator's own probability of each
+        cohort's disease per patient as `planted`."""
+        root = self.root
+        tables = MIMIC3Source(root).read()
+        tables.planted = synthetic.read_planted_risk(root)
+        return tables

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,29 @@ class TaskData:
         splits = {name: PatientSequences.load(folder / f"{name}.npz") for name in SPLITS}
         return cls(kind=meta["kind"], vocabulary=meta["vocabulary"], splits=splits, stats=meta["stats"])
 
+    def split_sizes(self) -> dict[str, int]:
+        """Patients per split."""
+        return {name: sequences.n_patients for name, sequences in self.splits.items()}
+
+    def datamodule(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False):
+        """The LightningDataModule that batches this data (see `ehrlab.data.datamodules`)."""
+        from ehrlab.data.datamodules import EHRDataModule  # it imports this module
+
+        return EHRDataModule(self, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
+# The class that loads each kind of prepared data (task.json's "kind"), imported when needed:
+# chest X-ray task data brings image and text-embedding code the visit-sequence tasks do not.
+TASK_DATA_TYPES = {"risk": "ehrlab.data.tasks.base:TaskData", "generation": "ehrlab.data.tasks.base:TaskData",
+                   "cxr_forecast": "ehrlab.data.tasks.cxr:CXRTaskData"}
+
+
+def load_task_data(folder: Path):
+    """Prepared task data of any kind from its cache folder."""
+    kind = json.loads((folder / "task.json").read_text())["kind"]
+    module, name = TASK_DATA_TYPES[kind].split(":")
+    return getattr(importlib.import_module(module), name).load(folder)
+
 
 class Task(abc.ABC):
     """Turns canonical tables into TaskData. Subclasses set `kind`.
@@ -92,7 +116,7 @@ class Task(abc.ABC):
         self.max_codes_per_visit = max_codes_per_visit
 
     @abc.abstractmethod
-    def build(self, tables: CanonicalTables, seed: int, planted_risk: pd.DataFrame | None = None) -> TaskData:
+    def build(self, tables: CanonicalTables, seed: int) -> TaskData:
         """Prepare the task's samples from canonical tables."""
 
     def truncate_visits(self, rows: pd.DataFrame, dropped: dict[str, int]) -> pd.DataFrame:

@@ -41,7 +41,7 @@ class GenerationTask(Task):
         super().__init__(name, code_prefixes, split, max_visits, keep_visits, max_codes_per_visit)
         self.min_visits = min_visits
 
-    def build(self, tables: CanonicalTables, seed: int, planted_risk: pd.DataFrame | None = None) -> TaskData:
+    def build(self, tables: CanonicalTables, seed: int) -> TaskData:
         dropped: dict[str, int] = {}
         rows = visit_codes(tables, self.code_prefixes)
         n_subjects = tables.static["subject_id"].nunique()

@@ -115,7 +115,7 @@ class RiskTask(Task):
         self.match_on = list(match_on)
         self.age_band_years = age_band_years
 
-    def build(self, tables: CanonicalTables, seed: int, planted_risk: pd.DataFrame | None = None) -> TaskData:
+    def build(self, tables: CanonicalTables, seed: int) -> TaskData:
         dropped: dict[str, int] = {}
         rows = visit_codes(tables, self.code_prefixes + (DIAGNOSIS_PREFIX,))
         onset = rows.loc[TargetCodes(**self.target_codes).matches(rows["code"])].groupby("subject_id")["visit_time"].min()
@@ -166,8 +166,8 @@ class RiskTask(Task):
             **unknown,
             "dropped": {**tables.counts, **dropped},
         }
-        if planted_risk is not None:
-            stats["planted_ceiling"] = self._planted_ceiling(planted_risk, splits["test"])
+        if tables.planted is not None:
+            stats["planted_ceiling"] = self._planted_ceiling(tables.planted, splits["test"])
         return TaskData(kind=self.kind, vocabulary=vocabulary, splits=splits, stats=stats)
 
     def _match_controls(self, people: pd.DataFrame, seed: int, dropped: dict[str, int]) -> pd.DataFrame:
