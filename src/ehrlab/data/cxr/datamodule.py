@@ -1,0 +1,133 @@
+"""Batches of seed 004 triples for the `cxr_forecast` model family.
+
+The batch contract (B pairs, E events, F findings, S pixels, D embedding width):
+- `prev_image`, `target_image` float32 [B, 1, S, S] in [0, 1] (the cached grey uint8 / 255).
+- `events` float32 [B, E, D]: each pair's event-text embeddings in time order, left-aligned,
+  zeros after its last event; `event_mask` bool [B, E] marks the real ones. E is the batch's
+  longest list (at most the task's max_events) and at least 1, so a batch whose pairs have no
+  event still has one all-False column.
+- `prev_labels`, `target_labels` float32 [B, F] in {0, 1, NaN} (the task's label policy).
+- `age` float32 [B] (NaN unknown), `sex` int64 [B] (0 F, 1 M, 2 unknown), `pair_id`,
+  `subject_id` int64 [B]; demographics are the target image's.
+Collation is vectorised: one sorted read of the memory-mapped image array per batch and one
+fancy-index assignment that scatters every event of the batch into its padded slot.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ehrlab.data.cxr.contract import SEX_IDS, UNKNOWN_SEX
+from ehrlab.data.sequences import expand_ranges
+from ehrlab.data.tasks.cxr import CXRTaskData, gather_rows
+
+
+class PairIndex(Dataset):
+    """One split as a dataset of pair positions; `collate` builds the batch."""
+
+    def __init__(self, batcher: PairBatcher, rows: np.ndarray):
+        self.batcher = batcher
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> int:
+        return int(self.rows[index])
+
+    def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        return self.batcher.batch(np.asarray(rows, dtype=np.int64))
+
+
+class PairBatcher:
+    """Per-pair arrays of a CXRTaskData, gathered once, and the batch built from them."""
+
+    def __init__(self, task_data: CXRTaskData):
+        if task_data.pixels is None or task_data.event_embeddings is None:
+            raise RuntimeError("CXRTaskData has no image array yet: save(folder) or load(folder) it first")
+        pairs = task_data.pairs
+        images = task_data.images
+        self.pixels = task_data.pixels
+        self.embeddings = task_data.event_embeddings
+        self.text_ids = task_data.event_text_ids
+        self.offsets = task_data.event_offsets
+        self.prev_index = pairs["prev_index"].to_numpy(np.int64)
+        self.target_index = pairs["target_index"].to_numpy(np.int64)
+        self.n_events = pairs["n_events"].to_numpy(np.int64)
+        self.prev_labels = task_data.previous_labels()
+        self.target_labels = task_data.target_labels()
+        target_images = images.iloc[self.target_index]
+        self.age = target_images["age"].to_numpy(np.float32)
+        self.sex = target_images["sex"].map(SEX_IDS).fillna(UNKNOWN_SEX).to_numpy(np.int64)
+        self.pair_id = pairs["pair_id"].to_numpy(np.int64)
+        self.subject_id = pairs["subject_id"].to_numpy(np.int64)
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        size = len(rows)
+        both = gather_rows(self.pixels, np.concatenate([self.prev_index[rows], self.target_index[rows]]))
+        both = torch.from_numpy(both).unsqueeze(1).to(torch.float32).div_(255.0)
+
+        n_events = self.n_events[rows]
+        width = max(int(n_events.max()), 1)
+        flat = expand_ranges(self.offsets[rows], n_events)
+        row = np.repeat(np.arange(size), n_events)
+        position = np.arange(len(flat)) - (np.cumsum(n_events) - n_events)[row]
+        events = np.zeros((size, width, self.embeddings.shape[1]), dtype=np.float32)
+        events[row, position] = gather_rows(self.embeddings, self.text_ids[flat])
+        event_mask = np.zeros((size, width), dtype=bool)
+        event_mask[row, position] = True
+
+        return {
+            "prev_image": both[:size], "target_image": both[size:],
+            "events": torch.from_numpy(events), "event_mask": torch.from_numpy(event_mask),
+            "prev_labels": torch.from_numpy(self.prev_labels[rows]),
+            "target_labels": torch.from_numpy(self.target_labels[rows]),
+            "age": torch.from_numpy(self.age[rows]), "sex": torch.from_numpy(self.sex[rows]),
+            "pair_id": torch.from_numpy(self.pair_id[rows]), "subject_id": torch.from_numpy(self.subject_id[rows]),
+        }
+
+
+class CXRDataModule(pl.LightningDataModule):
+    """Batches of one prepared cxr_forecast task (see the module docstring).
+
+    Args:
+        task_data: saved or loaded CXRTaskData (its image array is memory-mapped).
+        batch_size, num_workers, pin_memory: as for torch DataLoaders. Workers share the
+            memory maps (fork), so more workers cost no copies of the image array.
+    """
+
+    def __init__(self, task_data: CXRTaskData, batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False):
+        super().__init__()
+        self.task_data = task_data
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        batcher = PairBatcher(task_data)
+        self.datasets = {name: PairIndex(batcher, task_data.pair_rows(name)) for name in ("train", "val", "test")}
+
+    def model_arguments(self) -> dict:
+        """What the data tell a model's constructor."""
+        return {"findings": list(self.task_data.findings), "event_dim": int(self.task_data.event_embeddings.shape[1]),
+                "image_size": int(self.task_data.image_size), "max_events": int(self.task_data.max_events)}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=dataset.collate,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test pairs in pair order: row i of the predictions is `reference("test")` row i."""
+        return self._loader("test", shuffle=False)
