@@ -127,12 +127,13 @@ def event_text(table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa
     return join_fields(table, [(name, values) for name, values in columns.items()])
 
 
-def join_fields(table: str, fields: Sequence[tuple[str | None, pa.Array | pa.ChunkedArray]]) -> pa.Array:
-    """The table name, then for each field ``name value`` (or ``value`` where name is None),
-    skipping null values; one string per row."""
+def join_fields(table: str | pa.Array | pa.ChunkedArray,
+                fields: Sequence[tuple[str | None, pa.Array | pa.ChunkedArray]]) -> pa.Array:
+    """The table name (one for all rows, or one per row), then for each field ``name value``
+    (or ``value`` where name is None), skipping null values; one string per row."""
     if not fields:
         raise ValueError("join_fields needs at least one field")
-    pieces: list = [pa.scalar(table, pa.string())]
+    pieces: list = [pa.scalar(table, pa.string()) if isinstance(table, str) else table]
     for name, values in fields:
         cleaned = clean_values(values)
         piece = cleaned if name is None else pc.binary_join_element_wise(name, cleaned, " ")
