@@ -58,6 +58,20 @@ MEDDIFFUSION_SMALL = [
 ]
 
 
+# What a chest X-ray datamodule tells its models (CXRDataModule.model_arguments).
+CXR_MODEL_ARGUMENTS = {"findings": ["chexpert:Edema", "chexpert:Pleural Effusion"], "event_dim": 48, "image_size": 32,
+                       "max_events": 64}
+
+
+def model_arguments(model_cfg, vocabulary: list[str]) -> dict:
+    """The constructor arguments the runner's datamodule would give this model config:
+    chest X-ray forecasters learn from findings and event embeddings, the others from a
+    code vocabulary."""
+    if str(model_cfg._target_).startswith("ehrlab.models.cxr."):
+        return CXR_MODEL_ARGUMENTS
+    return {"vocabulary": vocabulary}
+
+
 def compose_risk_model(name: str, vocabulary: list[str], overrides=()):
     """conf/model/<name>.yaml with overrides, instantiated as the runner does."""
     from hydra.utils import instantiate

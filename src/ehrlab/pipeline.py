@@ -171,6 +171,9 @@ def prepare(cfg: DictConfig, run_dir: Path):
         task_data = task.build(tables, seed=cfg.seed)
         with staged_folder(task_folder) as staging:
             task_data.save(staging)
+    # Evaluations that train their own instruments (the chest X-ray evaluators) cache them
+    # under the key of the data they were trained on.
+    task_data.cache_key = task_folder.name
     write_json(run_dir / "data_stats.json", task_data.stats)
     log.info("prepared %s: %s", task.name, {k: v for k, v in task_data.stats.items() if not isinstance(v, dict)})
     return task_data

@@ -43,6 +43,8 @@ class TaskData:
     vocabulary: list[str]
     splits: dict[str, PatientSequences]
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the prepared data's name in the task cache (set by the pipeline), for caches keyed on it
+    cache_key: str | None = None
 
     def code_frequencies(self) -> np.ndarray:
         """Training-split visits holding each code id (codes are distinct within a visit);

@@ -1,0 +1,110 @@
+"""The chest X-ray forecasting family (seed 004): after training, forecast the test split's
+target images (or their labels) once per sampling seed, write the forecasts, and judge them
+with seed 004's evaluation (clinical, demographic and image-quality consistency).
+
+Forecasts go to the run directory as
+
+    forecasts/seed_<s>.npz        pair_id and either images (uint8 [N, S, S]) or label_probs
+                                  (float32 [N, F], columns = findings.json)
+    forecasts/seed_<s>/<pair>.png every predicted image (stage generate / all)
+    evaluation/                   report.md, evaluation.json, the previous | target | forecast grid
+
+A deterministic model has one "seed" (None, written as seed_0); a generative one forecasts
+once per seed in its `sampling_seeds` and the evaluation reports mean ± std over them
+(seed 004 §4.5: three seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from ehrlab.errors import UserInputError
+from ehrlab.families.base import Family
+
+
+class ImageForecastFamily(Family):
+    name = "cxr_forecast"
+    task_kind = "cxr_forecast"
+    member = "a chest X-ray forecaster"
+    task_hint = "task=cxr_forecast with a chest X-ray source (data=synthetic_cxr, mimic_cxr or cxr_folder)"
+    stages = ("train", "generate", "evaluate", "all")
+
+    def after_training(self, cfg: DictConfig, model, datamodule, task_data,
+                       run_dir: Path) -> tuple[dict[str, float], list[Path]]:
+        """Forecast (stage generate / evaluate / all) then evaluate (evaluate / all)."""
+        if cfg.stage == "train":
+            return {}, []
+        forecasts = forecast_test_split(model, datamodule)
+        write_forecasts(forecasts, task_data.findings, run_dir / "forecasts",
+                        png=cfg.stage in ("generate", "all") and cfg.cxr_evaluation.write_png)
+        if cfg.stage == "generate":
+            return {}, []
+        return evaluate(cfg, forecasts, task_data, run_dir)
+
+
+def forecast_test_split(model, datamodule) -> list[dict[str, np.ndarray]]:
+    """One dict per sampling seed, rows in the test split's pair order: `seed`, `pair_id`
+    and `images` (uint8 [N, S, S]) or `label_probs` (float32 [N, F])."""
+    output = "images" if model.output == "image" else "label_probs"
+    forecasts = []
+    for seed in model.sampling_seeds:
+        pair_ids, values = [], []
+        batches = datamodule.predict_dataloader()
+        for batch in tqdm(batches, desc=f"forecasting the test split (seed {seed})", leave=False):
+            forecast = model.forecast(batch, seed=seed)
+            pair_ids.append(batch["pair_id"].numpy())
+            if output == "images":
+                values.append(to_uint8(forecast["image"][:, 0]))
+            else:
+                values.append(forecast["label_probs"].float().cpu().numpy())
+        forecasts.append({"seed": 0 if seed is None else int(seed), "pair_id": np.concatenate(pair_ids),
+                          output: np.concatenate(values)})
+    return forecasts
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[0, 1] floats as the 8-bit grey levels the cached targets are stored in."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def write_forecasts(forecasts: list[dict], findings: list[str], folder: Path, png: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "findings.json").write_text(json.dumps(findings))
+    for forecast in forecasts:
+        arrays = {key: value for key, value in forecast.items() if key != "seed"}
+        np.savez_compressed(folder / f"seed_{forecast['seed']}.npz", **arrays)
+        if png and "images" in forecast:
+            images_dir = folder / f"seed_{forecast['seed']}"
+            images_dir.mkdir(exist_ok=True)
+            for pair_id, image in zip(forecast["pair_id"], forecast["images"], strict=True):
+                Image.fromarray(image).save(images_dir / f"{pair_id}.png")
+
+
+def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
+    from ehrlab.evaluation.cxr import evaluate_forecasts, load_or_train_evaluator
+
+    reference = task_data.reference("test")
+    for forecast in forecasts:
+        if not np.array_equal(forecast["pair_id"], reference.pair_id):
+            raise RuntimeError("forecasts are not in the test split's pair order")
+    settings = OmegaConf.to_container(cfg.cxr_evaluation, resolve=True)
+    settings.pop("write_png")
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    evaluator = load_or_train_evaluator(task_data, key=task_data.cache_key, cache_dir=cache_dir, seed=cfg.seed,
+                                        **settings.pop("evaluator"))
+    out_dir = run_dir / "evaluation"
+    try:
+        metrics = evaluate_forecasts(reference, forecasts, evaluator, out_dir, **settings)
+    except ValueError as error:  # e.g. a forecast of another image size than the targets
+        raise UserInputError(f"cannot evaluate the forecasts: {error}") from error
+    return metrics, sorted(out_dir.glob("*.png"))
+
+
+CXR_FORECAST = ImageForecastFamily()
