@@ -4,6 +4,7 @@ the saved folder (image array, event embeddings) read back."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,16 @@ import pytest
 from PIL import Image
 
 from ehrlab.data.cxr.contract import CXRTables
-from ehrlab.data.tasks.cxr import (CXRForecastTask, CXRTaskData, event_windows, make_pairs, previous_label_values,
-                                   same_diff_masks, split_by_patient, target_label_values)
+from ehrlab.data.tasks.cxr import (
+    CXRForecastTask,
+    CXRTaskData,
+    event_windows,
+    make_pairs,
+    previous_label_values,
+    same_diff_masks,
+    split_by_patient,
+    target_label_values,
+)
 from ehrlab.errors import UserInputError
 
 T0 = pd.Timestamp("2150-03-01 08:00:00")
@@ -274,8 +283,8 @@ def test_corrupt_or_missing_image_names_the_file(tmp_path):
     tables = standard_tables(tmp_path)
     data = use_fake_encoder(CXRForecastTask(image_size=8).build(tables, seed=0), tmp_path)
     broken = data.images["path"].iloc[2]
-    content = open(broken, "rb").read()
-    open(broken, "wb").write(content[: len(content) // 2])
+    content = Path(broken).read_bytes()
+    Path(broken).write_bytes(content[: len(content) // 2])  # a truncated PNG
     with pytest.raises(UserInputError, match=re.escape(broken)):
         data.save(tmp_path / "task")
     data.images.loc[2, "path"] = str(tmp_path / "gone.png")

@@ -176,7 +176,7 @@ class CXRForecastTask:
         # The flat event arrays, pair after pair, each pair's events in time order.
         starts = pairs["event_end"].to_numpy() - pairs["n_events"].to_numpy()
         flat = expand_ranges(starts, pairs["n_events"].to_numpy())
-        text_ids, texts = pd.factorize(events["text"].to_numpy()[flat], sort=False)
+        text_ids, texts = _used_texts(events["text"].to_numpy(), flat)
         target_time = np.repeat(pairs["target_time"].to_numpy().astype("datetime64[us]").view("int64"),
                                 pairs["n_events"].to_numpy())
         hours = (target_time - events["time_us"].to_numpy()[flat]) / _MICROSECONDS_PER_HOUR
@@ -276,15 +276,16 @@ def event_windows(events: pd.DataFrame, subject_id: np.ndarray, prev_time: np.nd
     prev_time <= t <= target_time for each pair's subject.
 
     One `searchsorted` for all pairs: subjects and times are replaced by their ranks among
-    every value involved, and subject rank x (number of distinct times) + time rank is an
+    every value involved (the insertion point in the sorted values: equal values share it,
+    larger ones get a larger one), and subject rank x (number of values) + time rank is an
     exact int64 key that orders (subject, time) like the events are sorted.
     """
     prev_us = prev_time.astype("datetime64[us]").view("int64")
     target_us = target_time.astype("datetime64[us]").view("int64")
     event_subject = events["subject_id"].to_numpy()
     event_us = events["time_us"].to_numpy()
-    subjects = np.unique(np.concatenate([event_subject, subject_id]))
-    times = np.unique(np.concatenate([event_us, prev_us, target_us]))
+    subjects = np.sort(np.concatenate([event_subject, subject_id]))
+    times = np.sort(np.concatenate([event_us, prev_us, target_us]))
 
     def key(subject: np.ndarray, us: np.ndarray) -> np.ndarray:
         return np.searchsorted(subjects, subject).astype(np.int64) * len(times) + np.searchsorted(times, us)
@@ -292,6 +293,21 @@ def event_windows(events: pd.DataFrame, subject_id: np.ndarray, prev_time: np.nd
     event_key = key(event_subject, event_us)
     return (np.searchsorted(event_key, key(subject_id, prev_us), side="left"),
             np.searchsorted(event_key, key(subject_id, target_us), side="right"))
+
+
+def _used_texts(text: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of `text[flat]` into the distinct strings that the kept events use.
+
+    Factorising the event table (millions of rows) is cheaper than factorising the kept
+    events (up to max_events per pair, tens of millions); the strings no kept event uses are
+    then dropped and the ids renumbered in one pass.
+    """
+    codes, distinct = pd.factorize(text, sort=False)
+    used = codes[flat]
+    present = np.zeros(len(distinct), dtype=bool)
+    present[used] = True
+    renumber = np.cumsum(present) - 1
+    return renumber[used], np.asarray(distinct, dtype=object)[present]
 
 
 def split_by_patient(subject_id: np.ndarray, fractions: tuple[float, float, float], seed: int) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""CXRDataModule: the batch contract of the cxr_forecast family, checked value by value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_cxr_task import event_table, fake_encoder, image_table, standard_tables, use_fake_encoder
+
+from ehrlab.data.cxr.contract import CXRTables
+from ehrlab.data.tasks.cxr import CXRForecastTask, CXRTaskData
+
+
+@pytest.fixture
+def saved(tmp_path) -> CXRTaskData:
+    data = use_fake_encoder(CXRForecastTask(image_size=8, max_events=4, split=[0.6, 0.2, 0.2])
+                            .build(standard_tables(tmp_path), seed=0), tmp_path)
+    data.save(tmp_path / "task")
+    return CXRTaskData.load(tmp_path / "task")
+
+
+def test_batch_contract(saved):
+    module = saved.datamodule(batch_size=4)
+    batch = next(iter(module.train_dataloader()))
+    size, width = len(batch["pair_id"]), batch["events"].shape[1]
+    assert batch["prev_image"].shape == batch["target_image"].shape == (size, 1, 8, 8)
+    assert batch["prev_image"].dtype == torch.float32
+    assert 0 <= batch["prev_image"].min() and batch["target_image"].max() <= 1
+    assert batch["events"].shape == (size, width, 4) and batch["events"].dtype == torch.float32
+    assert batch["event_mask"].dtype == torch.bool and batch["event_mask"].shape == (size, width)
+    assert batch["prev_labels"].shape == batch["target_labels"].shape == (size, len(saved.findings))
+    for key, dtype in (("age", torch.float32), ("sex", torch.int64), ("pair_id", torch.int64),
+                       ("subject_id", torch.int64), ("prev_labels", torch.float32)):
+        assert batch[key].dtype == dtype and batch[key].shape[0] == size
+    assert module.model_arguments() == {"findings": saved.findings, "event_dim": 4, "image_size": 8,
+                                        "max_events": 4}
+
+
+def test_batch_values_follow_the_pairs(saved):
+    module = saved.datamodule(batch_size=3)
+    position = {int(p): i for i, p in enumerate(saved.pairs["pair_id"])}
+    embeddings = fake_encoder()(saved.texts)
+    previous, target = saved.previous_labels(), saved.target_labels()
+    seen = 0
+    for batch in module.train_dataloader():
+        for b, pair_id in enumerate(batch["pair_id"].tolist()):
+            row = position[pair_id]
+            pair = saved.pairs.iloc[row]
+            np.testing.assert_allclose(batch["prev_image"][b, 0].numpy(), saved.pixels[pair["prev_index"]] / 255.0,
+                                       rtol=1e-6)
+            np.testing.assert_allclose(batch["target_image"][b, 0].numpy(),
+                                       saved.pixels[pair["target_index"]] / 255.0, rtol=1e-6)
+            ids = saved.event_text_ids[saved.event_offsets[row]:saved.event_offsets[row + 1]]
+            n = len(ids)
+            assert batch["event_mask"][b].tolist() == [True] * n + [False] * (batch["events"].shape[1] - n)
+            np.testing.assert_array_equal(batch["events"][b, :n].numpy(), embeddings[ids])  # time order
+            assert not batch["events"][b, n:].any()
+            np.testing.assert_array_equal(batch["prev_labels"][b].numpy(), previous[row])
+            np.testing.assert_array_equal(batch["target_labels"][b].numpy(), target[row])
+            target_image = saved.images.iloc[pair["target_index"]]
+            assert batch["subject_id"][b] == pair["subject_id"]
+            assert batch["age"][b] == pytest.approx(target_image["age"])
+            assert batch["sex"][b] == {"F": 0, "M": 1}[target_image["sex"]]
+            seen += 1
+    assert seen == saved.n_pairs("train")
+
+
+def test_predict_order_is_the_reference_order(saved):
+    module = saved.datamodule(batch_size=2)
+    predicted = torch.cat([b["pair_id"] for b in module.predict_dataloader()]).numpy()
+    np.testing.assert_array_equal(predicted, saved.reference("test").pair_id)
+    validated = torch.cat([b["pair_id"] for b in module.val_dataloader()]).numpy()
+    np.testing.assert_array_equal(validated, saved.reference("val").pair_id)
+
+
+def test_pairs_without_events_get_one_masked_column(tmp_path):
+    images = image_table(tmp_path, [(s, 1, 10 * s + k, 5.0 * k) for s in (1, 2, 3) for k in (0, 1)])
+    tables = CXRTables(images=images, events=event_table([(3, 40.0, "outside every window")]), counts={})
+    data = use_fake_encoder(CXRForecastTask(image_size=8, min_events=0).build(tables, seed=0), tmp_path)
+    data.save(tmp_path / "task")
+    batch = next(iter(data.datamodule(batch_size=8).train_dataloader()))
+    assert batch["events"].shape[1] == 1 and not batch["event_mask"].any()
