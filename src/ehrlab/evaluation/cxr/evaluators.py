@@ -72,7 +72,8 @@ class EvaluatorConfig:
     in_channels, out_channels) or of `transformers.ViTConfig` (besides image_size,
     num_channels); only the chosen architecture's entry is used. epochs is the most; training
     stops after `patience` epochs without a lower validation loss and keeps the best epoch.
-    weights: a path to an evaluator file; when set nothing is trained.
+    weights: a path to an evaluator file; when set nothing is trained. device: where it trains
+    and reads ("auto": the GPU when there is one; bit-for-bit repeatable only on the CPU).
     """
 
     architecture: str = "densenet"
@@ -87,6 +88,7 @@ class EvaluatorConfig:
     patience: int = 3
     seed: int = 0
     weights: str | None = None
+    device: str = "auto"
 
     @classmethod
     def from_settings(cls, settings: dict | EvaluatorConfig | None) -> EvaluatorConfig:
@@ -103,11 +105,19 @@ class EvaluatorConfig:
                                  f"use one of {list(ARCHITECTURES)}")
         return config
 
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return torch.device(self.device)
+        except RuntimeError as error:
+            raise UserInputError(f"cxr_evaluation.evaluator.device={self.device!r}: {error}") from error
+
     def backbone_options(self) -> dict:
         return dict(self.densenet if self.architecture == "densenet" else self.vit)
 
     def identity(self) -> dict:
-        """What decides the trained weights (the cache key's part): not `weights`."""
+        """What decides the trained weights (the cache key's part): not `weights` nor `device`."""
         return {"architecture": self.architecture, "backbone": self.backbone_options(), "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "patience": self.patience, "seed": self.seed}
@@ -139,9 +149,13 @@ class EvaluatorNetwork(nn.Module):
                                  f"{architecture} evaluator at {image_size}² ({error})") from error
         self.architecture = architecture
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B, 1, S, S] in [0, 1] → the pooled penultimate layer [B, K]."""
-        x = images * 2.0 - 1.0
+        x = images.to(self.device) * 2.0 - 1.0
         if self.architecture == "densenet":
             layers = self.backbone.class_layers
             return layers.flatten(layers.pool(layers.relu(self.backbone.features(x))))
@@ -200,7 +214,7 @@ class CXREvaluator:
     origin: str = "trained"
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
         """images uint8 [N, S, S] (or float in [0, 1]) → label_probs [N, F], sex_prob [N]
         (P(male)), age [N] (years), race_probs [N, len(RACE_CLASSES)], features [N, K]."""
         self.network.eval()
@@ -210,7 +224,8 @@ class CXREvaluator:
         for start in range(0, len(images), batch_size):
             x = as_float_images(images[start:start + batch_size], self.image_size)
             features = self.network.features(x)
-            out = self.network.head_layer()(features)
+            out = self.network.head_layer()(features).cpu()
+            features = features.cpu()
             parts["label_probs"].append(torch.sigmoid(out[:, :f]).numpy())
             parts["sex_prob"].append(torch.sigmoid(out[:, f]).numpy())
             parts["age"].append((out[:, f + 1] * self.age_std + self.age_mean).numpy())
@@ -318,13 +333,13 @@ def _loss(out: torch.Tensor, batch: dict[str, torch.Tensor], n_findings: int) ->
     return total + F.cross_entropy(out[:, n_findings + 2:], batch["race"])
 
 
-def _batches(data: dict, batch_size: int, generator: torch.Generator | None):
+def _batches(data: dict, batch_size: int, generator: torch.Generator | None, device: torch.device):
     n = len(data["images"])
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
-        batch = {key: value[rows] for key, value in data.items() if key != "images"}
-        batch["images"] = as_float_images(data["images"][rows.numpy()])
+        batch = {key: value[rows].to(device) for key, value in data.items() if key != "images"}
+        batch["images"] = as_float_images(data["images"][rows.numpy()]).to(device)
         yield batch
 
 
@@ -332,7 +347,7 @@ def _batches(data: dict, batch_size: int, generator: torch.Generator | None):
 def _validation_loss(network: EvaluatorNetwork, data: dict, batch_size: int) -> float:
     network.eval()
     total, n = 0.0, 0
-    for batch in _batches(data, batch_size, None):
+    for batch in _batches(data, batch_size, None, network.device):
         total += float(_loss(network(batch["images"]), batch, network.n_findings)) * len(batch["images"])
         n += len(batch["images"])
     return total / max(n, 1)
@@ -370,7 +385,8 @@ def train_evaluator(train: ImageSet, val: ImageSet, config: EvaluatorConfig | di
     age_mean = float(known_age.mean()) if known_age.size else 0.0
     age_std = float(known_age.std()) if known_age.size > 1 and known_age.std() > 0 else 1.0
     torch.manual_seed(config.seed)
-    network = EvaluatorNetwork(config.architecture, config.backbone_options(), image_size, len(train.findings))
+    network = EvaluatorNetwork(config.architecture, config.backbone_options(), image_size,
+                               len(train.findings)).to(config.torch_device())
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     train_data = _targets(train, age_mean, age_std)
     val_data = _targets(val, age_mean, age_std) if len(val.images) else None
@@ -380,7 +396,7 @@ def train_evaluator(train: ImageSet, val: ImageSet, config: EvaluatorConfig | di
     bar = tqdm(range(config.epochs), desc="CXR evaluator", disable=not progress, leave=False)
     for epoch in bar:
         network.train()
-        for batch in _batches(train_data, config.batch_size, generator):
+        for batch in _batches(train_data, config.batch_size, generator, network.device):
             if len(batch["images"]) < 2:  # batch norm cannot train on one image
                 continue
             optimiser.zero_grad(set_to_none=True)
@@ -453,7 +469,10 @@ def load_or_train_evaluator(settings: EvaluatorConfig | dict | None, data_key: s
     `task_data.image_set`)."""
     config = EvaluatorConfig.from_settings(settings)
     if config.weights:
-        return CXREvaluator.load(config.weights, origin=f"user file {config.weights}")
-    return EvaluatorCache(cache_dir).get_or_train(data_key, config, image_set, progress=progress)
+        evaluator = CXREvaluator.load(config.weights, origin=f"user file {config.weights}")
+    else:
+        evaluator = EvaluatorCache(cache_dir).get_or_train(data_key, config, image_set, progress=progress)
+    evaluator.network.to(config.torch_device())
+    return evaluator
 
 

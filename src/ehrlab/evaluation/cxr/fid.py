@@ -81,14 +81,16 @@ def feature_network(evaluator: CXREvaluator, feature_file: str | Path | None = N
 
 @torch.no_grad()
 def frechet_distance(real: np.ndarray, predicted: np.ndarray, features: nn.Module, image_size: int,
-                     batch_size: int = 256) -> float:
+                     batch_size: int = 128) -> float:
     """FID between two image sets (uint8 [N, S, S] or float in [0, 1]); NaN with fewer than two
     images on either side."""
     if len(real) < 2 or len(predicted) < 2:
         return math.nan
-    metric = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(1, image_size, image_size))
+    device = next(features.parameters(), torch.zeros(())).device
+    metric = FrechetInceptionDistance(feature=features, normalize=True,
+                                      input_img_size=(1, image_size, image_size)).to(device)
     for images, is_real in ((real, True), (predicted, False)):
         for start in range(0, len(images), batch_size):
-            metric.update(as_float_images(images[start:start + batch_size], image_size), real=is_real)
+            metric.update(as_float_images(images[start:start + batch_size], image_size).to(device), real=is_real)
     # A tiny negative value is the matrix square root's rounding of an FID of zero.
     return max(float(metric.compute()), 0.0)

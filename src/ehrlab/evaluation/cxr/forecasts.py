@@ -51,7 +51,7 @@ class EvaluationSettings:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     fid_features: str | None = None
     grid_pairs: int = 8
-    batch_size: int = 256
+    batch_size: int = 128
 
     @classmethod
     def from_config(cls, node) -> EvaluationSettings:
@@ -169,7 +169,7 @@ def _notes(reference: ForecastReference, sets: dict[str, list[int]], evaluator: 
 def evaluate_forecasts(reference: ForecastReference, predictions: list[dict], evaluator: CXREvaluator | None,
                        out_dir: str | Path, label_sets_order: tuple[str, ...] = LABEL_SETS, grid_pairs: int = 8,
                        fid_features: str | Path | None = None, model_name: str = "model",
-                       batch_size: int = 256) -> dict[str, float]:
+                       batch_size: int = 128) -> dict[str, float]:
     """Score `predictions` against `reference`; write out_dir/report.md, evaluation.json and a
     figure (previous | true target | prediction for the first `grid_pairs` pairs, or per-finding
     AUROC bars for a label model); return the flat metrics (keys in the module docstring).
@@ -212,6 +212,9 @@ def evaluate_forecasts(reference: ForecastReference, predictions: list[dict], ev
             per_seed.append(row)
         if n < 2:
             notes.append("Fewer than two pairs: test/fid is NaN.")
+        elif n <= features.num_features:
+            notes.append(f"FID from {n} image pairs on {features.num_features}-d features: the covariances are "
+                         "rank-deficient, so the value is biased by the sample size; compare FIDs at equal n only.")
     else:
         per_seed = []
         for prediction in predictions:
