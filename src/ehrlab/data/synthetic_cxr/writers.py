@@ -38,7 +38,7 @@ IMAGENOME_CSV = "chest-imagenome-labels.csv.gz"
 CHEXPERT_COLUMNS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
                     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
                     "Pneumothorax", "Support Devices")
-RENDER_CHUNK = 256
+RENDER_CHUNK = 64  # images drawn at once: arrays of 64 x 128 x 128 stay in cache
 EVENT_BLOCK = 500  # admissions per block of events (bounds memory at any size)
 
 # independent random streams, so that a change to one part leaves the others' draws alone
