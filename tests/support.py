@@ -18,6 +18,7 @@ from ehrlab.config import CONFIG_DIR, PROJECT_ROOT, register_sweeps
 FIXTURES = Path(__file__).parent / "fixtures"
 MIMIC3_TINY = FIXTURES / "mimic3-tiny"
 MIMIC4_DEMO = FIXTURES / "mimic-iv-demo-2.2"
+MIMIC_CXR_TINY = FIXTURES / "mimic-cxr-tiny"  # MIMIC-CXR-JPG rows for four subjects of the MIMIC-IV demo
 SMALL_SYNTHETIC = 1500  # patients: enough for a heart-failure cohort of a few hundred
 
 # What every composed test config overrides: tiny data, one short epoch, no logger.

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from support import MIMIC3_TINY, MIMIC4_DEMO, compose_config, model_arguments
+from support import MIMIC3_TINY, MIMIC4_DEMO, MIMIC_CXR_TINY, compose_config, model_arguments
 
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
@@ -289,7 +289,17 @@ def source_values(source) -> dict:
                          "seed": source.config.seed, "mean_visits_per_patient": source.config.mean_visits_per_patient,
                          "mean_codes_per_visit": source.config.mean_codes_per_visit,
                          "precursor_rate": source.config.precursor_rate}
+    if source.name == "synthetic_cxr":
+        return values | {"cache_dir": source.cache_dir, "n_patients": source.config.n_patients,
+                         "image_size": source.config.image_size, "seed": source.config.seed,
+                         "selected_tables": sorted(source.event_selection)}
+    if source.name == "mimic_cxr":
+        return values | {"cxr_root": source.cxr_root, "root": source.mimic4_root, "views": source.views,
+                         "min_age": source.min_age, "selected_tables": sorted(source.selection.rules)}
     values["root"] = source.root
+    if source.name == "cxr_folder":
+        return values | {"views": source.views, "selected_tables": None if source.selection.read_everything
+                         else sorted(source.selection.rules)}
     if source.name == "meds":
         return values | {"code_prefixes": source.code_prefixes}
     values |= {"tables": source.tables, "truncate_icd": source.truncate_icd, "on_bad_lines": source.on_bad_lines}
@@ -300,6 +310,8 @@ def source_values(source) -> dict:
 
 SYNTHETIC = {"class": "SyntheticSource", "name": "synthetic", "n_patients": 5000, "seed": 0,
              "mean_visits_per_patient": 1.3, "mean_codes_per_visit": 11.0, "precursor_rate": 0.0}
+SEVEN_TABLES = sorted(["labevents", "chartevents", "inputevents", "outputevents", "prescriptions", "procedureevents",
+                       "microbiologyevents"])
 MIMIC3 = {"class": "MIMIC3Source", "name": "mimic3", "root": MIMIC3_TINY.resolve(), "tables": ["diagnoses"],
           "truncate_icd": False, "on_bad_lines": "error"}
 MIMIC4 = {"class": "MIMIC4Source", "name": "mimic4", "root": MIMIC4_DEMO.resolve(), "tables": ["diagnoses"],
@@ -320,6 +332,19 @@ MIMIC4 = {"class": "MIMIC4Source", "name": "mimic4", "root": MIMIC4_DEMO.resolve
     ("mimic4", [f"data.root={MIMIC4_DEMO}", "data.source.tables=[labevents]", "data.source.lab_itemids=[50912]"],
      MIMIC4 | {"tables": ["diagnoses", "labevents"], "itemids": {"labevents": [50912], "chartevents": None}}),
     ("meds", [], {"class": "MEDSSource", "name": "meds", "code_prefixes": ["DIAGNOSIS//"]}),
+    # seed 004: the paper's event selection (Appendix A.3) over the seven MIMIC-IV tables
+    ("synthetic_cxr", [], {"class": "SyntheticCXRSource", "name": "synthetic_cxr", "n_patients": 1000,
+                           "image_size": 128, "seed": 0, "selected_tables": SEVEN_TABLES}),
+    ("mimic_cxr", [f"data.cxr_root={MIMIC_CXR_TINY}", f"data.root={MIMIC4_DEMO}"],
+     {"class": "MIMICCXRSource", "name": "mimic_cxr", "cxr_root": MIMIC_CXR_TINY.resolve(),
+      "root": MIMIC4_DEMO.resolve(), "views": ("PA", "AP"), "min_age": 18.0, "selected_tables": SEVEN_TABLES}),
+    ("mimic_cxr", [f"data.cxr_root={MIMIC_CXR_TINY}", f"data.root={MIMIC4_DEMO}", "data/event_selection=all",
+                   "~data.source.event_selection.prescriptions"],
+     {"class": "MIMICCXRSource", "name": "mimic_cxr", "cxr_root": MIMIC_CXR_TINY.resolve(),
+      "root": MIMIC4_DEMO.resolve(), "views": ("PA", "AP"), "min_age": 18.0,
+      "selected_tables": [t for t in SEVEN_TABLES if t != "prescriptions"]}),
+    ("cxr_folder", [], {"class": "CXRFolderSource", "name": "cxr_folder", "views": ("PA", "AP"),
+                        "selected_tables": None}),
 ])
 def test_data_configs_instantiate(compose, data, overrides, expected, tmp_path, cache_dir):
     if data == "meds":  # a MEDS folder made from the MIMIC-IV demo
@@ -328,12 +353,22 @@ def test_data_configs_instantiate(compose, data, overrides, expected, tmp_path, 
 
         root = export_meds(MIMIC4Source(MIMIC4_DEMO).read(), tmp_path / "meds", None, "demo")
         overrides, expected = [f"data.root={root}"], expected | {"root": root.resolve()}
+    if data == "cxr_folder":  # README's format: one image, one event
+        from PIL import Image
+
+        root = tmp_path / "folder"
+        root.mkdir()
+        Image.new("L", (8, 8)).save(root / "a.png")
+        (root / "images.csv").write_text("subject_id,image_id,path,time,view\n1,a,a.png,2150-01-01T08:00:00,PA\n")
+        (root / "events.csv").write_text("subject_id,time,table,item,value\n1,2150-01-01T09:00:00,labs,pO2,85\n")
+        overrides, expected = [f"data.root={root}"], expected | {"root": root.resolve()}
     if data.startswith("synthetic"):
         expected = expected | {"cache_dir": cache_dir}  # the run's cache_dir
     source = instantiate(compose(f"data={data}", *overrides).data.source)
     assert source_values(source) == expected
     assert len(source.cache_key()) == 16
-    assert sorted(options("data")) == ["meds", "mimic3", "mimic4", "synthetic", "synthetic_outpatient"]
+    assert sorted(options("data")) == ["cxr_folder", "meds", "mimic3", "mimic4", "mimic_cxr", "synthetic",
+                                       "synthetic_cxr", "synthetic_outpatient"]
 
 
 def trainer_values(trainer: pl.Trainer) -> dict:

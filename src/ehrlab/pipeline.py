@@ -51,6 +51,8 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 
 HEADLINE_PREFIXES = ("data/n_", "data/visits_per_patient", "data/codes_per_visit", "data/planted_ceiling/", "test/",
                      "eval/", "synthetic/")
+# ...but not their details: confidence bounds, per-finding and unweighted AUROCs of the CXR evaluation
+DETAIL_MARKERS = ("_ci_", "/auroc/", "auroc_macro")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -225,7 +227,7 @@ def flat_numbers(stats: dict, prefix: str = "") -> dict[str, float]:
 def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
     """The headline metrics on stdout; everything is in metrics.json."""
     headline = {k: v for k, v in metrics.items()
-                if k.startswith(HEADLINE_PREFIXES) and "_ci_" not in k}
+                if k.startswith(HEADLINE_PREFIXES) and not any(part in k for part in DETAIL_MARKERS)}
     width = max(map(len, headline), default=0)
     lines = [f"  {key:<{width}}  {value:10.4f}" for key, value in sorted(headline.items())]
     print("\n".join([f"ehrlab: run directory {run_dir}", *lines, f"  (all metrics: {run_dir / 'metrics.json'})"]))

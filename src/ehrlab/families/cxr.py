@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from ehrlab.errors import UserInputError
 from ehrlab.families.base import Family
 
 
@@ -43,7 +42,7 @@ class ImageForecastFamily(Family):
             return {}, []
         forecasts = forecast_test_split(model, datamodule)
         write_forecasts(forecasts, task_data.findings, run_dir / "forecasts",
-                        png=cfg.stage in ("generate", "all") and cfg.cxr_evaluation.write_png)
+                        png=cfg.stage in ("generate", "all") and cfg.generate.write_images)
         if cfg.stage == "generate":
             return {}, []
         return evaluate(cfg, forecasts, task_data, run_dir)
@@ -88,22 +87,21 @@ def write_forecasts(forecasts: list[dict], findings: list[str], folder: Path, pn
 
 
 def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
-    from ehrlab.evaluation.cxr import evaluate_forecasts, load_or_train_evaluator
+    """Seed 004's evaluation of the forecasts against the test split's true targets, with the
+    evaluators trained once per prepared data (or the user's weights)."""
+    from ehrlab.evaluation.cxr import EvaluationSettings, evaluate_forecasts, load_or_train_evaluator
 
     reference = task_data.reference("test")
     for forecast in forecasts:
         if not np.array_equal(forecast["pair_id"], reference.pair_id):
             raise RuntimeError("forecasts are not in the test split's pair order")
-    settings = OmegaConf.to_container(cfg.cxr_evaluation, resolve=True)
-    settings.pop("write_png")
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
-    evaluator = load_or_train_evaluator(task_data, key=task_data.cache_key, cache_dir=cache_dir, seed=cfg.seed,
-                                        **settings.pop("evaluator"))
+    settings = EvaluationSettings.from_config(cfg.cxr_evaluation)
+    evaluator = load_or_train_evaluator(settings.evaluator, data_key=task_data.cache_key,
+                                        image_set=task_data.image_set,
+                                        cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)
     out_dir = run_dir / "evaluation"
-    try:
-        metrics = evaluate_forecasts(reference, forecasts, evaluator, out_dir, **settings)
-    except ValueError as error:  # e.g. a forecast of another image size than the targets
-        raise UserInputError(f"cannot evaluate the forecasts: {error}") from error
+    metrics = evaluate_forecasts(reference, forecasts, evaluator, out_dir,
+                                 model_name=cfg.model._target_.rsplit(".", 1)[-1], **settings.forecast_options())
     return metrics, sorted(out_dir.glob("*.png"))
 
 
