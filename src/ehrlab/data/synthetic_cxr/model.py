@@ -10,7 +10,7 @@ categorical variable drawn from the state of one parent finding at the earlier s
 driver          parent finding    P(driver | parent absent / present)  events that show it
 ==============  ================  ===================================  ================================
 diuretic        Edema             0.12 / 0.70                          prescriptions Furosemide, inputevents Furosemide (Lasix)
-fluid_load      (none)            0.20 / 0.20                          inputevents NaCl 0.9% / LR totalling > 1,500 mL
+fluid_load      (none)            0.25 / 0.25                          inputevents NaCl 0.9% / LR totalling > 1,500 mL
 thoracentesis   Pleural Effusion  0.02 / 0.35                          procedureevents Thoracentesis, outputevents L/R Pleural #1
 antibiotics     Consolidation     0.10 / 0.60                          prescriptions Vancomycin / Piperacillin-Tazobactam / CefTRIAXone
 sputum_culture  Consolidation     none .88 .55, negative .10 .13,      microbiologyevents SPUTUM RESPIRATORY CULTURE
@@ -18,12 +18,19 @@ sputum_culture  Consolidation     none .88 .55, negative .10 .13,      microbiol
 ==============  ================  ===================================  ================================
 
 Per finding, logit P(onset) = logit(BASE_ONSET) + sum of the drivers' onset shifts and logit
-P(resolution) = logit(BASE_RESOLVE) + sum of their resolution shifts (EFFECTS): a diuretic
-makes edema resolve (0.15 -> 0.78), a fluid load makes it appear (0.08 -> 0.55),
-thoracentesis drains an effusion (0.10 -> 0.86), an antibiotic course clears a consolidation
-(0.12 -> 0.57) and a positive sputum culture keeps it (resolution -1.5, onset +1.5 in logits);
+P(resolution) = logit(BASE_RESOLVE) + sum of their resolution shifts (EFFECTS). Spontaneous
+changes are rare (onset 1-4 %, resolution 2-6 % per interval); the events move the states: a
+diuretic makes edema resolve (0.06 -> 0.78), a fluid load makes it appear (0.04 -> 0.51),
+thoracentesis drains an effusion (0.05 -> 0.83), an antibiotic course clears a consolidation
+(0.06 -> 0.61) and a positive sputum culture keeps it (resolution 0.01, onset 0.19);
 cardiomegaly barely moves. Everything else the events show (vital signs, blood gases, urine,
 other drugs) is drawn independently of the states: it is noise.
+
+At the default size (1,000 patients, seed 0, the paper's selection, pairs < 48 h) this gives
+about 5,500 pairs; the planted posterior scores a weighted AUROC of about 0.85 on All, 0.97
+on Same and 0.49 on Diff (Diff rows include recording flips, which no posterior can foresee,
+and the onsets of effusion and consolidation mostly happen without a driver); edema, whose
+changes are mostly event-driven, reaches about 0.7 on Diff.
 
 Because every driver hangs on one finding, the chains of the four findings are independent
 given the drivers, and the posterior of a later study's state given an earlier study's true
@@ -51,8 +58,8 @@ from ehrlab.data.synthetic_cxr.config import SyntheticCXRConfig
 FINDINGS = CHEXPERT_FINDINGS  # ("Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 CARDIOMEGALY, CONSOLIDATION, EDEMA, EFFUSION = range(4)
 
-BASE_ONSET = np.array([0.01, 0.05, 0.08, 0.05])
-BASE_RESOLVE = np.array([0.02, 0.12, 0.15, 0.10])
+BASE_ONSET = np.array([0.01, 0.03, 0.04, 0.03])
+BASE_RESOLVE = np.array([0.02, 0.06, 0.06, 0.05])
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class Driver:
 
 DRIVERS = (
     Driver("diuretic", EDEMA, ((0.88, 0.12), (0.30, 0.70))),
-    Driver("fluid_load", None, ((0.80, 0.20), (0.80, 0.20))),
+    Driver("fluid_load", None, ((0.75, 0.25), (0.75, 0.25))),
     Driver("thoracentesis", EFFUSION, ((0.98, 0.02), (0.65, 0.35))),
     Driver("antibiotics", CONSOLIDATION, ((0.90, 0.10), (0.40, 0.60))),
     # outcomes: no culture, a culture without pathogen, a culture that grows one
@@ -76,13 +83,13 @@ MAX_OUTCOMES = 3
 
 #: (driver, outcome, finding, onset logit shift, resolution logit shift)
 EFFECTS = (
-    ("diuretic", 1, EDEMA, -1.0, 3.0),
-    ("diuretic", 1, EFFUSION, 0.0, 1.0),
-    ("fluid_load", 1, EDEMA, 2.6, -1.0),
-    ("fluid_load", 1, EFFUSION, 1.2, -0.5),
-    ("thoracentesis", 1, EFFUSION, 0.0, 4.0),
-    ("antibiotics", 1, CONSOLIDATION, -0.5, 2.3),
-    ("sputum_culture", 2, CONSOLIDATION, 1.5, -1.5),
+    ("diuretic", 1, EDEMA, -1.0, 4.0),
+    ("diuretic", 1, EFFUSION, 0.0, 1.5),
+    ("fluid_load", 1, EDEMA, 3.2, -1.0),
+    ("fluid_load", 1, EFFUSION, 1.5, -0.5),
+    ("thoracentesis", 1, EFFUSION, 0.0, 4.5),
+    ("antibiotics", 1, CONSOLIDATION, -0.5, 3.2),
+    ("sputum_culture", 2, CONSOLIDATION, 2.0, -1.5),
 )
 
 #: Chest ImaGenome attributes (seed 004 Table 7 spelling) derivable from the state: each is
