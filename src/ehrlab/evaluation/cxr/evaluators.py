@@ -85,7 +85,7 @@ class EvaluatorConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 3
+    patience: int = 5
     seed: int = 0
     weights: str | None = None
     device: str = "auto"
@@ -305,10 +305,10 @@ class CXREvaluator:
 def _targets(image_set: ImageSet, age_mean: float, age_std: float) -> dict:
     race_index = {name: i for i, name in enumerate(RACE_CLASSES)}
     race = np.array([race_index.get(str(r), len(RACE_CLASSES) - 1) for r in image_set.race], dtype=np.int64)
-    sex = np.asarray(image_set.sex, dtype=np.int64)
+    sex = np.array(image_set.sex, dtype=np.int64)  # copies: the task's arrays may be read-only views
     return {
         "images": image_set.images,  # stays a (memory-mapped) array: batches are read from it one at a time
-        "labels": torch.from_numpy(np.asarray(image_set.labels, dtype=np.float32).reshape(len(sex), -1)),
+        "labels": torch.from_numpy(np.array(image_set.labels, dtype=np.float32).reshape(len(sex), -1)),
         "sex": torch.from_numpy(sex),
         "age": torch.from_numpy(((np.asarray(image_set.age, dtype=np.float64) - age_mean) / age_std)
                                 .astype(np.float32)),
