@@ -38,10 +38,10 @@ def test_a_model_without_a_family_is_a_programming_error():
     ("risk", "risk", "generate", "stage=generate does not apply to a risk predictor"),
 ])
 def test_the_family_refuses_what_does_not_apply(family, task_kind, stage, message, make_config):
-    model = type("SomeModel", (), {"family": family})()
+    model_class = type("SomeModel", (), {"family": family})
     task_data = TaskData(kind=task_kind, vocabulary=VOCABULARY, splits={})
     with pytest.raises(UserInputError, match=message):
-        FAMILIES[family].check(make_config(f"stage={stage}"), model, task_data)
+        FAMILIES[family].check(make_config(f"stage={stage}"), model_class, task_data)
 
 
 @pytest.mark.parametrize(("family", "stage", "untrained"), [

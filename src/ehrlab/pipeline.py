@@ -30,7 +30,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -112,9 +112,12 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.stage != "prepare":
         datamodule = task_data.datamodule(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                           pin_memory=cfg.data.pin_memory)
+        # The family is checked on the model's class, before building it: a model of another
+        # family would not even accept this data's constructor arguments.
+        model_class = get_class(cfg.model._target_)
+        family = family_of(model_class)
+        family.check(cfg, model_class, task_data)
         model = instantiate(cfg.model, **datamodule.model_arguments())
-        family = family_of(model)
-        family.check(cfg, model, task_data)
         check_splits_not_empty(task_data)
         logger = build_logger(cfg, run_dir)
         try:

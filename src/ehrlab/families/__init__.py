@@ -19,10 +19,11 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (RISK, GENERATI
 
 
 def family_of(model) -> Family:
-    """The family a model declares through its ``family`` attribute."""
+    """The family a model (or model class) declares through its ``family`` attribute."""
     name = getattr(model, "family", None)
     if name not in FAMILIES:
-        raise TypeError(f"{type(model).__name__} declares no known model family (family={name!r}); "
+        model_name = model.__name__ if isinstance(model, type) else type(model).__name__
+        raise TypeError(f"{model_name} declares no known model family (family={name!r}); "
                         f"set its `family` to one of {sorted(FAMILIES)}.")
     return FAMILIES[name]
 

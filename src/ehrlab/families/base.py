@@ -25,9 +25,9 @@ class Family:
     #: the stages past prepare that apply to it
     stages: tuple[str, ...]
 
-    def check(self, cfg: DictConfig, model, task_data: TaskData) -> None:
+    def check(self, cfg: DictConfig, model_class: type, task_data: TaskData) -> None:
         """Refuse a task of another kind or a stage that does not apply, naming the fix."""
-        model_name = type(model).__name__
+        model_name = model_class.__name__
         if task_data.kind != self.task_kind:
             raise UserInputError(f"{model_name} is {self.member}: use {self.task_hint} (got a {task_data.kind} task).")
         if cfg.stage != "prepare" and cfg.stage not in self.stages:
