@@ -40,8 +40,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     source = SyntheticSource(cache_dir=tmp_path_factory.mktemp("synthetic"), n_patients=3000, seed=1)
-    tables = source.read()
-    return tables, tables.planted
+    return source.read()
 
 
 def visits_of(task_data, subject_id):
@@ -96,7 +95,7 @@ def test_empty_cohort_is_an_error(tiny):
 
 
 def test_matching_split_and_planted_ceiling_at_scale(synthetic):
-    tables, planted = synthetic
+    tables = synthetic
     task = RiskTask("heart_failure", HF_CODES)
     data = task.build(tables, seed=3)
     stats = data.stats

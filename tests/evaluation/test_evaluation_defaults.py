@@ -1,6 +1,6 @@
 """The synthetic-EHR suite's defaults live in one place (evaluation/synthetic/defaults.py):
 `evaluate_synthetic`, `python -m ehrlab.evaluate` and conf/config.yaml's `evaluate:` block
-all agree with it."""
+all agree with it; so do the chest X-ray evaluation's settings and its `cxr_evaluation:` block."""
 
 import dataclasses
 import inspect
@@ -51,3 +51,10 @@ def test_command_line_help_shows_the_defaults_without_loading_the_suite():
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"(default: {DEFAULTS.n_bootstrap})" in result.stdout
     assert f"(default: {DEFAULTS.discriminator_epochs})" in result.stdout
+
+
+def test_the_run_configs_cxr_evaluation_block_equals_the_evaluations_defaults(tmp_path, cache_dir):
+    from ehrlab.evaluation.cxr import EvaluationSettings
+
+    block = compose_config([], tmp_path, cache_dir, shrink=False).cxr_evaluation
+    assert EvaluationSettings.from_config(block) == EvaluationSettings()

@@ -11,7 +11,6 @@ The cache holds patient-level data, so everything in it is private: folders it c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
 
 from ehrlab.data.sources.base import Source
 

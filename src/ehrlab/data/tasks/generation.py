@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
 
 from ehrlab.data.sources.base import CanonicalTables
 from ehrlab.data.tasks.base import (
