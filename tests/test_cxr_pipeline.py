@@ -88,3 +88,50 @@ def test_one_evaluator_serves_every_model_of_the_same_data(runs, cache_dir):
 def test_a_model_and_a_task_of_different_families_are_refused(overrides, message, make_config, runs):
     with pytest.raises(UserInputError, match=message):
         pipeline.run(make_config(*overrides))
+
+
+def write_folder(root, *, image_hours=(0, 24, 40), events=True, broken_image=None):
+    """A cxr_folder dataset (README's format): one patient, one stay, images at the given
+    hours, one event between each pair."""
+    from PIL import Image
+
+    root.mkdir()
+    rows = ["subject_id,image_id,path,time,view,label:Edema"]
+    for n, hour in enumerate(image_hours):
+        Image.fromarray(np.full((16, 16), 40 * n, dtype=np.uint8)).save(root / f"{n}.png")
+        rows.append(f"1,{n},{n}.png,2150-01-0{1 + hour // 24}T{hour % 24:02d}:00:00,PA,{n % 2}")
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    if broken_image is not None:
+        (root / f"{broken_image}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    event_rows = ["subject_id,time,table,item,value,unit"]
+    if events:
+        event_rows += [f"1,2150-01-01T{hour:02d}:30:00,meds,Furosemide,40,mg" for hour in range(0, 24, 4)]
+    (root / "events.csv").write_text("\n".join(event_rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(("folder", "message"), [
+    ({"broken_image": 1}, "1.png"),  # an unreadable image is named
+    ({"image_hours": (0, 48)}, "48"),  # the only two images are exactly 48 h apart: no pair
+    ({"events": False}, "event"),  # a folder with no events: no pair has one
+])
+def test_bad_chest_xray_input_is_one_message_and_leaves_no_prepared_data(folder, message, make_config, tmp_path,
+                                                                         cache_dir):
+    root = write_folder(tmp_path / "folder", **folder)
+    before = set((cache_dir / "tasks").glob("*")) if (cache_dir / "tasks").exists() else set()
+    with pytest.raises(UserInputError, match=message):
+        pipeline.run(make_config("data=cxr_folder", f"data.root={root}", "task=cxr_forecast", "model=previous_label",
+                                 "data.image_size=16"))
+    after = set((cache_dir / "tasks").glob("*")) if (cache_dir / "tasks").exists() else set()
+    assert after == before  # nothing half-written, no staging folder left
+
+
+def test_a_missing_image_stops_the_command_with_exit_status_2(tmp_path, cache_dir):
+    from support import run_cli
+
+    root = write_folder(tmp_path / "folder")
+    (root / "2.png").unlink()
+    result = run_cli("run.py", "data=cxr_folder", f"data.root={root}", "task=cxr_forecast", "model=previous_label",
+                     "logger=none", env_extra={"EHRLAB_CACHE": str(cache_dir)})
+    assert result.returncode == 2
+    assert "2.png" in result.stderr and "Traceback" not in result.stderr
