@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ehrlab.data.schema import check_subject_ids
+
 LABEL_SEPARATOR = ":"
 CHEXPERT = "chexpert"
 IMAGENOME = "imagenome"
@@ -66,6 +68,23 @@ EVENT_DTYPES = {"subject_id": "int64", "time": "datetime64[us]", "table": "str",
 def label_columns(frame: pd.DataFrame) -> list[str]:
     """The ``<set>:<finding>`` columns of an image table, in table order."""
     return [c for c in frame.columns if LABEL_SEPARATOR in c and c.split(LABEL_SEPARATOR, 1)[0] in LABEL_SETS]
+
+
+def conform_images(images: pd.DataFrame) -> pd.DataFrame:
+    """A reader's image table as the contract has it: IMAGE_COLUMNS with IMAGE_DTYPES, then
+    the label columns as float64 (sorted by set, then finding); subject ids below the
+    synthetic range (`ehrlab.data.schema.check_subject_ids`)."""
+    labels = sorted(label_columns(images), key=lambda c: tuple(c.split(LABEL_SEPARATOR, 1)))
+    out = images.loc[:, IMAGE_COLUMNS].astype(IMAGE_DTYPES)
+    for column in labels:
+        out[column] = pd.to_numeric(images[column], errors="coerce").astype("float64")
+    check_subject_ids(out["subject_id"], "images")
+    return out.reset_index(drop=True)
+
+
+def conform_events(events: pd.DataFrame) -> pd.DataFrame:
+    """A reader's event table as the contract has it (EVENT_COLUMNS with EVENT_DTYPES)."""
+    return events.loc[:, EVENT_COLUMNS].astype(EVENT_DTYPES).reset_index(drop=True)
 
 
 def race_group(race: str | None) -> str:

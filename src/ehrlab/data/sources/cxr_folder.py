@@ -40,11 +40,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ehrlab.data.cxr.contract import EVENT_DTYPES, FOLDER_LABELS, LABEL_SEPARATOR, CXRTables
+from ehrlab.data.cxr.contract import (
+    EVENT_DTYPES,
+    FOLDER_LABELS,
+    LABEL_SEPARATOR,
+    CXRTables,
+    conform_events,
+    conform_images,
+)
 from ehrlab.data.cxr.event_selection import EventSelection, normalise_text
 from ehrlab.data.cxr.event_text import join_fields
 from ehrlab.data.sources.base import Source, file_fingerprints
-from ehrlab.data.sources.mimic_cxr import conform_events, conform_images
 from ehrlab.data.sources.tables import check_on_bad_lines, check_root, csv_header, read_csv
 from ehrlab.errors import UserInputError
 

@@ -51,16 +51,14 @@ import pyarrow.compute as pc
 
 from ehrlab.data.cxr.contract import (
     CHEXPERT,
-    EVENT_COLUMNS,
     EVENT_DTYPES,
     FRONTAL_VIEWS,
-    IMAGE_COLUMNS,
-    IMAGE_DTYPES,
     IMAGENOME,
     IMAGENOME_FINDINGS,
     LABEL_SEPARATOR,
     CXRTables,
-    label_columns,
+    conform_events,
+    conform_images,
 )
 from ehrlab.data.cxr.event_selection import EventSelection
 from ehrlab.data.cxr.event_text import MIMIC_EVENT_TABLES, event_text, relabel
@@ -386,19 +384,6 @@ class MIMICCXRSource(Source):
 
 
 # -- helpers shared with the cxr_folder reader -----------------------------------------------
-
-
-def conform_images(images: pd.DataFrame) -> pd.DataFrame:
-    """IMAGE_COLUMNS with IMAGE_DTYPES, then the label columns as float64 (sorted by set, then finding)."""
-    labels = sorted(label_columns(images), key=lambda c: tuple(c.split(LABEL_SEPARATOR, 1)))
-    out = images.loc[:, IMAGE_COLUMNS].astype(IMAGE_DTYPES)
-    for column in labels:
-        out[column] = pd.to_numeric(images[column], errors="coerce").astype("float64")
-    return out.reset_index(drop=True)
-
-
-def conform_events(events: pd.DataFrame) -> pd.DataFrame:
-    return events.loc[:, EVENT_COLUMNS].astype(EVENT_DTYPES).reset_index(drop=True)
 
 
 def study_times(study_date: pd.Series, study_time: pd.Series, path: Path) -> pd.Series:
