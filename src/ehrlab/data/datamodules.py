@@ -79,34 +79,24 @@ def pad_batch(sequences: PatientSequences, patients: np.ndarray) -> dict[str, to
     return batch
 
 
-class EHRDataModule(pl.LightningDataModule):
-    """Batches of one task's prepared data, for risk predictors and generators alike.
+class SplitDataModule(pl.LightningDataModule):
+    """What every family's DataModule shares: loaders over `datasets` (split name -> a dataset
+    with a `collate`), the training split shuffled, the others in order; predict = test.
 
-    Args:
-        task_data: the prepared task (see `ehrlab.data.tasks`).
-        batch_size, num_workers, pin_memory: as for torch DataLoaders.
+    Args: batch_size, num_workers, pin_memory: as for torch DataLoaders.
     """
 
-    def __init__(self, task_data: TaskData, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
+    datasets: dict[str, Dataset]
+
+    def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False):
         super().__init__()
-        self.task_data = task_data
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.datasets = {name: PatientIndex(seqs) for name, seqs in task_data.splits.items()}
-
-    @property
-    def vocabulary(self) -> list[str]:
-        return self.task_data.vocabulary
 
     def model_arguments(self) -> dict:
-        """What the data tells a model's constructor: its code vocabulary."""
-        return {"vocabulary": self.vocabulary}
-
-    @property
-    def code_frequencies(self) -> np.ndarray:
-        """Training-split visits per code id (never the held-out splits'); see TaskData."""
-        return self.task_data.code_frequencies()
+        """What the data tells a model's constructor (the runner instantiates the model with it)."""
+        raise NotImplementedError
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -124,4 +114,32 @@ class EHRDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
+        """The test split in its stored order (predictions line up with it row by row)."""
         return self._loader("test", shuffle=False)
+
+
+class EHRDataModule(SplitDataModule):
+    """Batches of one task's prepared data, for risk predictors and generators alike.
+
+    Args:
+        task_data: the prepared task (see `ehrlab.data.tasks`).
+        batch_size, num_workers, pin_memory: as for torch DataLoaders.
+    """
+
+    def __init__(self, task_data: TaskData, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False):
+        super().__init__(batch_size, num_workers, pin_memory)
+        self.task_data = task_data
+        self.datasets = {name: PatientIndex(seqs) for name, seqs in task_data.splits.items()}
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return self.task_data.vocabulary
+
+    def model_arguments(self) -> dict:
+        """What the data tells a model's constructor: its code vocabulary."""
+        return {"vocabulary": self.vocabulary}
+
+    @property
+    def code_frequencies(self) -> np.ndarray:
+        """Training-split visits per code id (never the held-out splits'); see TaskData."""
+        return self.task_data.code_frequencies()

@@ -15,12 +15,12 @@ fancy-index assignment that scatters every event of the batch into its padded sl
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ehrlab.data.cxr.contract import SEX_IDS, UNKNOWN_SEX
+from ehrlab.data.datamodules import SplitDataModule
 from ehrlab.data.sequences import expand_ranges
 from ehrlab.data.tasks.cxr import CXRTaskData, gather_rows
 
@@ -90,7 +90,7 @@ class PairBatcher:
         }
 
 
-class CXRDataModule(pl.LightningDataModule):
+class CXRDataModule(SplitDataModule):
     """Batches of one prepared cxr_forecast task (see the module docstring).
 
     Args:
@@ -100,11 +100,8 @@ class CXRDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, task_data: CXRTaskData, batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False):
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory)
         self.task_data = task_data
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
         batcher = PairBatcher(task_data)
         self.datasets = {name: PairIndex(batcher, task_data.pair_rows(name)) for name in ("train", "val", "test")}
 
@@ -112,22 +109,3 @@ class CXRDataModule(pl.LightningDataModule):
         """What the data tell a model's constructor."""
         return {"findings": list(self.task_data.findings), "event_dim": int(self.task_data.event_embeddings.shape[1]),
                 "image_size": int(self.task_data.image_size), "max_events": int(self.task_data.max_events)}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=dataset.collate,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test pairs in pair order: row i of the predictions is `reference("test")` row i."""
-        return self._loader("test", shuffle=False)
