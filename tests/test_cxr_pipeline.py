@@ -77,6 +77,15 @@ def test_a_trained_table_classifier_reloads_to_the_same_evaluation(runs, make_co
         assert again[key] == pytest.approx(metrics[key], nan_ok=True)
 
 
+def test_patient_images_never_reach_the_logger(make_config, runs, monkeypatch):
+    """The forecast grid shows patients' images: it stays in the run directory."""
+    logged = []
+    monkeypatch.setattr(pipeline, "log_results", lambda logger, metrics, plots: logged.extend(plots))
+    pipeline.run(make_config(*TINY_CXR, "model=previous_image"))
+    pipeline.run(make_config(*TINY_CXR, "model=previous_label"))
+    assert [path.name for path in logged] == ["finding_auroc.png"]
+
+
 def test_one_evaluator_serves_every_model_of_the_same_data(runs, cache_dir):
     assert len(list((cache_dir / "cxr_evaluators").iterdir())) == 1
 

@@ -90,6 +90,7 @@ def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -
     """Seed 004's evaluation of the forecasts against the test split's true targets, with the
     evaluators trained once per prepared data (or the user's weights)."""
     from ehrlab.evaluation.cxr import EvaluationSettings, evaluate_forecasts, load_or_train_evaluator
+    from ehrlab.evaluation.cxr.report import BARS_FILE
 
     reference = task_data.reference("test")
     for forecast in forecasts:
@@ -102,7 +103,9 @@ def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -
     out_dir = run_dir / "evaluation"
     metrics = evaluate_forecasts(reference, forecasts, evaluator, out_dir,
                                  model_name=cfg.model._target_.rsplit(".", 1)[-1], **settings.forecast_options())
-    return metrics, sorted(out_dir.glob("*.png"))
+    # The grid shows patients' images: it stays in the run directory; loggers get the
+    # aggregate plot only (label models' AUROC per finding).
+    return metrics, [path for path in [out_dir / BARS_FILE] if path.exists()]
 
 
 CXR_FORECAST = ImageForecastFamily()
