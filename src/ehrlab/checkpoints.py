@@ -29,6 +29,8 @@ from ehrlab.errors import UserInputError
 #: keys ehrlab adds to every checkpoint it writes
 VOCABULARY_KEY = "ehrlab_vocabulary"
 MODEL_KEY = "ehrlab_model"
+#: the findings (label columns) a chest X-ray forecaster's checkpoint forecasts
+FINDINGS_KEY = "ehrlab_findings"
 
 
 def plain_data(value: Any) -> Any:
@@ -84,7 +86,8 @@ def read_checkpoint(path: str | Path, role: str = "ckpt_path") -> dict[str, Any]
 
 
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint written by another kind of model or for another code vocabulary."""
+    """Refuse a checkpoint written by another kind of model, for another code vocabulary or
+    other findings."""
     saved_model = checkpoint.get(MODEL_KEY)
     if saved_model is not None and saved_model != qualified_name(type(model)):
         raise UserInputError(
@@ -97,6 +100,13 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint: dict[str, Any], pa
             f"checkpoint {path} was trained on a different code vocabulary ({len(saved_vocabulary)} codes) "
             f"than the data of this run ({len(vocabulary)} codes): use the same data=, task= and data "
             "options as the run that trained it.")
+    saved_findings = checkpoint.get(FINDINGS_KEY)
+    findings = getattr(model, "findings", None)
+    if saved_findings is not None and findings is not None and list(saved_findings) != list(findings):
+        # Same number of findings but other names would load without a shape error.
+        raise UserInputError(
+            f"checkpoint {path} forecasts the findings {list(saved_findings)}, this run's data has {list(findings)}: "
+            "use the same data= and task= options as the run that trained it.")
 
 
 def load_model_weights(model: torch.nn.Module, path: str | Path, role: str = "ckpt_path") -> dict[str, Any]:

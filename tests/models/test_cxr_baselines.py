@@ -14,9 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ehrlab.checkpoints import load_model_weights
+from ehrlab.checkpoints import FINDINGS_KEY, check_checkpoint_fits, load_model_weights
 from ehrlab.errors import UserInputError
-from ehrlab.models.cxr.base import FINDINGS_KEY
 from ehrlab.models.cxr.baselines import (
     PreviousImage,
     PreviousLabel,
@@ -283,9 +282,9 @@ def test_checkpoint_records_plain_hyperparameters_and_refuses_other_findings():
     model.on_save_checkpoint(checkpoint)
     assert checkpoint[FINDINGS_KEY] == FINDINGS
     assert checkpoint["hyper_parameters"]["optimizer"]["_target_"].endswith("AdamW")
-    model.on_load_checkpoint(checkpoint)
+    check_checkpoint_fits(model, checkpoint, "a.ckpt")
     with pytest.raises(UserInputError, match="findings"):
-        model.on_load_checkpoint({FINDINGS_KEY: FINDINGS[::-1]})
+        check_checkpoint_fits(model, {FINDINGS_KEY: FINDINGS[::-1]}, "a.ckpt")
 
 
 @pytest.mark.parametrize("name, cls", [("previous_image", PreviousImage), ("previous_label", PreviousLabel),

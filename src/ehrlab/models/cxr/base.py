@@ -22,13 +22,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from ehrlab.checkpoints import MODEL_KEY, plain_data, qualified_name
+from ehrlab.checkpoints import FINDINGS_KEY, MODEL_KEY, plain_data, qualified_name
 from ehrlab.errors import UserInputError
 
 Batch = dict[str, Tensor]
 
-#: the key under which a checkpoint records the findings its model forecasts
-FINDINGS_KEY = "ehrlab_findings"
 IMAGE, LABELS = "image", "labels"
 
 
@@ -100,14 +98,6 @@ class ImageForecaster(pl.LightningModule):
         # Plain data only, so that ehrlab reads its own checkpoints with a weights-only load
         # (ehrlab.checkpoints): the hyperparameters hold Hydra's partial optimiser factories.
         checkpoint[MODEL_KEY] = qualified_name(type(self))
-        checkpoint[FINDINGS_KEY] = list(self.findings)
+        checkpoint[FINDINGS_KEY] = list(self.findings)  # checked by ehrlab.checkpoints.check_checkpoint_fits
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_data(checkpoint["hyper_parameters"])
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Same number of findings but other names would load without a shape error.
-        saved = checkpoint.get(FINDINGS_KEY)
-        if saved is not None and list(saved) != self.findings:
-            raise UserInputError(
-                f"the checkpoint forecasts the findings {list(saved)}, this run's data has {self.findings}: "
-                "use the same data= and task= options as the run that trained it.")
