@@ -19,7 +19,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-
 from ehrlab.data.sources.base import Source
 
 log = logging.getLogger(__name__)

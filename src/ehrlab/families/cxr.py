@@ -89,7 +89,11 @@ def write_forecasts(forecasts: list[dict], findings: list[str], folder: Path, pn
 def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
     """Seed 004's evaluation of the forecasts against the test split's true targets, with the
     evaluators trained once per prepared data (or the user's weights)."""
-    from ehrlab.evaluation.cxr import EvaluationSettings, evaluate_forecasts, load_or_train_evaluator
+    from ehrlab.evaluation.cxr import (
+        EvaluationSettings,
+        evaluate_forecasts,
+        load_or_train_evaluator,
+    )
     from ehrlab.evaluation.cxr.report import BARS_FILE
 
     reference = task_data.reference("test")

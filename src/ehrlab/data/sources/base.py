@@ -68,7 +68,8 @@ class Source(abc.ABC):
         files, and a run asks for it several times (task cache, canonical cache, the
         synthetic folder)."""
         if getattr(self, "_cache_key", None) is None:
-            identity = json.dumps({"source": self.name, "format": self.TABLES_FORMAT, **self.cache_identity()}, sort_keys=True, default=str)
+            identity = json.dumps({"source": self.name, "format": self.TABLES_FORMAT, **self.cache_identity()},
+                                  sort_keys=True, default=str)
             self._cache_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return self._cache_key
 
