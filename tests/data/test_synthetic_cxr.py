@@ -133,6 +133,34 @@ def test_events_drive_the_transitions(cohort):
     assert diuretic[valid & (edema == 0)].mean() < 0.2
 
 
+def _undriven_changes(cohort) -> tuple[int, int]:
+    """(changes of a finding over intervals where no event acts on it, such intervals)."""
+    n = cohort.admissions.n_studies.to_numpy()
+    changes = total = 0
+    for k in range(1, 6):
+        valid = k < n
+        driven = np.zeros((int(valid.sum()), len(model.FINDINGS)), dtype=bool)
+        for name, outcome, finding, _, _ in model.EFFECTS:
+            driven[:, finding] |= cohort.chain_outcomes[valid, k, model.DRIVER_INDEX[name]] == outcome
+        changed = cohort.chain_states[valid, k] != cohort.chain_states[valid, k - 1]
+        changes += int((changed & ~driven).sum())
+        total += int((~driven).sum())
+    return changes, total
+
+
+def test_spontaneous_change_zero_leaves_only_event_driven_changes(cohort):
+    """data.source.spontaneous_change=0: a finding changes only where an event acts on it,
+    and the planted posterior stays exact (calibrated on the changes that remain)."""
+    quiet = model.draw_cohort(SyntheticCXRConfig(n_patients=3000, spontaneous_change=0.0), np.random.default_rng(0))
+    changes, total = _undriven_changes(quiet)
+    assert total > 1000 and changes == 0
+    assert _undriven_changes(cohort)[0] > 50  # the default has spontaneous changes
+    posterior = model.chain_posteriors(quiet)[:, 0, 1]  # the first interval of each stay
+    keep = ~np.isnan(posterior)
+    truth = quiet.chain_states[:, 1][keep]
+    assert abs(posterior[keep].mean() - truth.mean()) < 0.02
+
+
 def test_events_show_the_drivers(tmp_path):
     config = SyntheticCXRConfig(n_patients=40, image_size=16)
     cohort = model.draw_cohort(config, np.random.default_rng(3))

@@ -42,6 +42,9 @@ class SyntheticCXRConfig:
     chexpert_blank_present: float = 0.02
     #: Chest ImaGenome-style per-image labels: share recorded as the opposite class
     imagenome_flip: float = 0.01
+    #: scale of the spontaneous changes (a finding changing with no event acting on it,
+    #: `model.transition_probabilities`): 1 the documented rates, 0 every change event-driven
+    spontaneous_change: float = 1.0
     #: strength of the weak, arbitrary race cue (a shift of soft-tissue density in units of
     #: its between-patient spread; 0 = race is not in the image at all), see `phantom`
     race_cue: float = 0.5

@@ -19,7 +19,9 @@ sputum_culture  Consolidation     none .88 .55, negative .10 .13,      microbiol
 
 Per finding, logit P(onset) = logit(BASE_ONSET) + sum of the drivers' onset shifts and logit
 P(resolution) = logit(BASE_RESOLVE) + sum of their resolution shifts (EFFECTS). Spontaneous
-changes are rare (onset 1-4 %, resolution 2-6 % per interval); the events move the states: a
+changes (no driver acts on the finding) are rare (onset 1-4 %, resolution 2-6 % per
+interval, times `spontaneous_change`, default 1; 0 makes every change event-driven); the
+events move the states: a
 diuretic makes edema resolve (0.06 -> 0.78), a fluid load makes it appear (0.04 -> 0.51),
 thoracentesis drains an effusion (0.05 -> 0.83), an antibiotic course clears a consolidation
 (0.06 -> 0.61) and a positive sputum culture keeps it (resolution 0.01, onset 0.19);
@@ -128,20 +130,28 @@ def _ids(rng: np.random.Generator, n: int, start: int) -> np.ndarray:
     return start + np.cumsum(rng.integers(1, 40, size=n))
 
 
-def transition_logits(outcomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Onset and resolution logits [..., finding] for driver outcomes [..., driver]."""
-    onset = np.broadcast_to(_logit(BASE_ONSET), outcomes.shape[:-1] + (len(FINDINGS),)).copy()
-    resolve = np.broadcast_to(_logit(BASE_RESOLVE), onset.shape).copy()
+def transition_probabilities(outcomes: np.ndarray, spontaneous_change: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Onset and resolution probabilities [..., finding] for driver outcomes [..., driver].
+
+    Where a driver acts on a finding, logit P = logit(base) + its shifts (EFFECTS). Where
+    none does, the change is spontaneous: P = base × `spontaneous_change` (1: the documented
+    rates; 0: a finding changes only when an event acts on it)."""
+    shape = outcomes.shape[:-1] + (len(FINDINGS),)
+    onset = np.broadcast_to(_logit(BASE_ONSET), shape).copy()
+    resolve = np.broadcast_to(_logit(BASE_RESOLVE), shape).copy()
+    driven = np.zeros(shape, dtype=bool)
     for name, outcome, finding, onset_shift, resolve_shift in EFFECTS:
         hit = outcomes[..., DRIVER_INDEX[name]] == outcome
         onset[..., finding] += onset_shift * hit
         resolve[..., finding] += resolve_shift * hit
-    return onset, resolve
+        driven[..., finding] |= hit
+    return (np.where(driven, _sigmoid(onset), BASE_ONSET * spontaneous_change),
+            np.where(driven, _sigmoid(resolve), BASE_RESOLVE * spontaneous_change))
 
 
-def transition_matrices(outcomes: np.ndarray) -> np.ndarray:
+def transition_matrices(outcomes: np.ndarray, spontaneous_change: float = 1.0) -> np.ndarray:
     """T[..., finding, from, to] for driver outcomes [..., driver]."""
-    onset, resolve = (_sigmoid(x) for x in transition_logits(outcomes))
+    onset, resolve = transition_probabilities(outcomes, spontaneous_change)
     return np.stack([np.stack([1 - onset, onset], -1), np.stack([resolve, 1 - resolve], -1)], -2)
 
 
@@ -190,6 +200,8 @@ class Cohort:
     #: interval before study k; position 0 unused); positions >= n_studies are unused
     chain_states: np.ndarray
     chain_outcomes: np.ndarray
+    #: the config's scale of spontaneous changes (`transition_probabilities`)
+    spontaneous_change: float = 1.0
 
 
 def draw_cohort(config: SyntheticCXRConfig, rng: np.random.Generator) -> Cohort:
@@ -242,7 +254,7 @@ def draw_cohort(config: SyntheticCXRConfig, rng: np.random.Generator) -> Cohort:
     states[:, 0] = _initial_states(rng, trait[patient_of])
     for k in range(1, 6):  # a loop over the (at most 6) study positions, vectorised over stays
         outcomes[:, k] = draw_outcomes(rng, states[:, k - 1])
-        move = transition_matrices(outcomes[:, k])  # [m, finding, from, to]
+        move = transition_matrices(outcomes[:, k], config.spontaneous_change)  # [m, finding, from, to]
         p_one = np.take_along_axis(move[..., 1], states[:, k - 1, :, None], axis=-1)[..., 0]
         states[:, k] = (rng.random(p_one.shape) < p_one).astype(np.int64)
 
@@ -273,7 +285,7 @@ def draw_cohort(config: SyntheticCXRConfig, rng: np.random.Generator) -> Cohort:
     studies["edema_intensity"] = rng.uniform(0.35, 0.6, len(studies))
     studies["consolidation_extent"] = rng.uniform(0.6, 1.0, len(studies))
     return Cohort(patients=patients, admissions=admissions, studies=studies, intervals=intervals,
-                  chain_states=states, chain_outcomes=outcomes)
+                  chain_states=states, chain_outcomes=outcomes, spontaneous_change=config.spontaneous_change)
 
 
 def _initial_states(rng: np.random.Generator, cardiomegaly: np.ndarray) -> np.ndarray:
@@ -319,7 +331,8 @@ def chain_posteriors(cohort: Cohort) -> np.ndarray:
     exact forward pass of the module docstring."""
     states, outcomes = cohort.chain_states, cohort.chain_outcomes
     m = len(states)
-    step = driver_likelihood(outcomes)[..., :, None] * transition_matrices(outcomes)  # [m, 6, F, from, to]
+    step = (driver_likelihood(outcomes)[..., :, None]
+            * transition_matrices(outcomes, cohort.spontaneous_change))  # [m, 6, F, from, to]
     posterior = np.full((m, 6, 6, len(FINDINGS)), np.nan)
     n_studies = cohort.admissions.n_studies.to_numpy()
     for i in range(5):
