@@ -79,18 +79,43 @@ def feature_network(evaluator: CXREvaluator, feature_file: str | Path | None = N
                     "DenseNet-121: compare FIDs between models of this run's task, not with Table 3.")
 
 
-@torch.no_grad()
+class FrechetDistance:
+    """FID of predicted image sets against one set of real images, whose features are
+    extracted once (a model's several sampling seeds are compared with the same targets).
+
+    Args: real (uint8 [N, S, S] or float in [0, 1]), the feature module, the image size, the
+    images per feature batch.
+    """
+
+    def __init__(self, real: np.ndarray, features: nn.Module, image_size: int, batch_size: int = 128):
+        self.image_size, self.batch_size = image_size, batch_size
+        self.n_real = len(real)
+        self.device = next(features.parameters(), torch.zeros(())).device
+        # reset_real_features=False: reset() between predictions keeps the real statistics.
+        self.metric = FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False,
+                                               input_img_size=(1, image_size, image_size)).to(self.device)
+        if self.n_real >= 2:
+            self._update(real, is_real=True)
+
+    @torch.no_grad()
+    def _update(self, images: np.ndarray, is_real: bool) -> None:
+        for start in range(0, len(images), self.batch_size):
+            batch = as_float_images(images[start:start + self.batch_size], self.image_size).to(self.device)
+            self.metric.update(batch, real=is_real)
+
+    @torch.no_grad()
+    def __call__(self, predicted: np.ndarray) -> float:
+        """FID of `predicted` against the real images; NaN with fewer than two on either side."""
+        if self.n_real < 2 or len(predicted) < 2:
+            return math.nan
+        self.metric.reset()
+        self._update(predicted, is_real=False)
+        # A tiny negative value is the matrix square root's rounding of an FID of zero.
+        return max(float(self.metric.compute()), 0.0)
+
+
 def frechet_distance(real: np.ndarray, predicted: np.ndarray, features: nn.Module, image_size: int,
                      batch_size: int = 128) -> float:
     """FID between two image sets (uint8 [N, S, S] or float in [0, 1]); NaN with fewer than two
     images on either side."""
-    if len(real) < 2 or len(predicted) < 2:
-        return math.nan
-    device = next(features.parameters(), torch.zeros(())).device
-    metric = FrechetInceptionDistance(feature=features, normalize=True,
-                                      input_img_size=(1, image_size, image_size)).to(device)
-    for images, is_real in ((real, True), (predicted, False)):
-        for start in range(0, len(images), batch_size):
-            metric.update(as_float_images(images[start:start + batch_size], image_size).to(device), real=is_real)
-    # A tiny negative value is the matrix square root's rounding of an FID of zero.
-    return max(float(metric.compute()), 0.0)
+    return FrechetDistance(real, features, image_size, batch_size)(predicted)

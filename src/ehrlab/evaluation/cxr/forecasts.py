@@ -34,7 +34,7 @@ from ehrlab.data.cxr.contract import LABEL_SEPARATOR, LABEL_SETS, ForecastRefere
 from ehrlab.errors import UserInputError
 from ehrlab.evaluation.cxr import metrics
 from ehrlab.evaluation.cxr.evaluators import CXREvaluator, EvaluatorConfig
-from ehrlab.evaluation.cxr.fid import feature_network, frechet_distance
+from ehrlab.evaluation.cxr.fid import FrechetDistance, feature_network
 from ehrlab.evaluation.cxr.report import write_outputs
 
 
@@ -202,13 +202,13 @@ def evaluate_forecasts(reference: ForecastReference, predictions: list[dict], ev
     if output == "image":
         features, fid_sentence = feature_network(evaluator, fid_features)
         notes.append(fid_sentence)
+        fid_to_targets = FrechetDistance(reference.target_images, features, evaluator.image_size, batch_size)
         per_seed = []
         for prediction in predictions:
             read = evaluator.predict(prediction["images"], batch_size)
             row = _clinical(reference, _evaluator_scores(evaluator, read["label_probs"], findings), sets)
             row.update(_demographics(reference, read)[0])
-            row["fid"] = frechet_distance(reference.target_images, prediction["images"], features,
-                                          evaluator.image_size, batch_size)
+            row["fid"] = fid_to_targets(prediction["images"])
             per_seed.append(row)
         if n < 2:
             notes.append("Fewer than two pairs: test/fid is NaN.")
