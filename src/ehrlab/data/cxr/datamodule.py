@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ehrlab.data.cxr.contract import SEX_IDS, UNKNOWN_SEX
 from ehrlab.data.datamodules import SplitDataModule
 from ehrlab.data.sequences import expand_ranges
-from ehrlab.data.tasks.cxr import CXRTaskData, gather_rows
+from ehrlab.data.tasks.cxr import CXRTaskData, demographics, gather_rows
 
 
 class PairIndex(Dataset):
@@ -59,9 +58,8 @@ class PairBatcher:
         self.n_events = pairs["n_events"].to_numpy(np.int64)
         self.prev_labels = task_data.previous_labels()
         self.target_labels = task_data.target_labels()
-        target_images = images.iloc[self.target_index]
-        self.age = target_images["age"].to_numpy(np.float32)
-        self.sex = target_images["sex"].map(SEX_IDS).fillna(UNKNOWN_SEX).to_numpy(np.int64)
+        target = demographics(images.iloc[self.target_index])
+        self.age, self.sex = target["age"], target["sex"]
         self.pair_id = pairs["pair_id"].to_numpy(np.int64)
         self.subject_id = pairs["subject_id"].to_numpy(np.int64)
 

@@ -147,10 +147,10 @@ class CXRForecastTask:
             "text_encoder": model_key(resolve_model(self.text_encoder))}, sort_keys=True)
         return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
-    def build(self, tables: CXRTables, seed: int, planted: pd.DataFrame | None = None) -> CXRTaskData:
-        """The triples of `tables`, split by patient; `planted` (default: tables.planted) is
-        a synthetic source's true posterior per (previous, target) image."""
-        planted = tables.planted if planted is None else planted
+    def build(self, tables: CXRTables, seed: int) -> CXRTaskData:
+        """The triples of `tables`, split by patient, with a synthetic source's true posterior
+        per pair (`tables.planted`) when it has one."""
+        planted = tables.planted
         dropped: dict[str, int] = {}
         images = _checked_images(tables.images, dropped)
         pairs = make_pairs(images, self.max_gap_hours, dropped)
@@ -426,6 +426,8 @@ class CXRTaskData:
     pixels: np.ndarray | None = None
     event_embeddings: np.ndarray | None = None
     kind: str = KIND
+    #: the prepared data's name in the task cache (set by the pipeline); the evaluators are cached under it
+    cache_key: str | None = None
 
     # --- what the others read -------------------------------------------------------
     def split_sizes(self) -> dict[str, int]:
@@ -463,7 +465,7 @@ class CXRTaskData:
         frame = self.images.iloc[start:stop]
         return ImageSet(images=self._pixels()[start:stop],
                         labels=target_label_values(frame[self.findings].to_numpy(dtype=np.float64)),
-                        findings=list(self.findings), **_demographics(frame))
+                        findings=list(self.findings), **demographics(frame))
 
     def reference(self, split: str) -> ForecastReference:
         """One split's pairs in pair order (the order of the predict loader for "test")."""
@@ -477,7 +479,7 @@ class CXRTaskData:
             findings=list(self.findings), prev_labels=previous, target_labels=target,
             prev_images=gather_rows(self._pixels(), prev_index),
             target_images=gather_rows(self._pixels(), target_index),
-            **_demographics(self.images.iloc[target_index]),
+            **demographics(self.images.iloc[target_index]),
             planted=None if self.planted is None else self.planted[rows],
             extra={"same": same, "diff": diff, "gap_hours": pairs["gap_hours"].to_numpy(np.float32),
                    "n_events": pairs["n_events"].to_numpy(np.int64)})
@@ -577,7 +579,8 @@ def gather_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.asarray(array[unique])[inverse]
 
 
-def _demographics(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def demographics(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """age (NaN unknown), sex (SEX_IDS, UNKNOWN_SEX) and race group of each image row."""
     return {"age": frame["age"].to_numpy(dtype=np.float32),
             "sex": frame["sex"].map(SEX_IDS).fillna(UNKNOWN_SEX).to_numpy(dtype=np.int64),
             "race": np.array([race_group(r) for r in frame["race"].tolist()], dtype=object)}
