@@ -56,15 +56,14 @@ class SyntheticCXRSource(Source):
                 synthetic_cxr.write_synthetic_cxr(staging, self.config, progress=self.progress)
         return folder
 
-    def reader(self) -> MIMICCXRSource:
-        root = self.root
-        return MIMICCXRSource(root / synthetic_cxr.CXR_DIR, root / synthetic_cxr.MIMIC4_DIR,
-                              event_selection=self.event_selection,
-                              label_csv=root / synthetic_cxr.CXR_DIR / synthetic_cxr.IMAGENOME_CSV)
-
     def read(self) -> CXRTables:
-        """The MIMIC-CXR reader's tables, with the generator's exact posterior of every pair's
-        later labels (`synthetic_cxr.writers.planted_pairs`) as `planted`."""
-        tables = self.reader().read()
-        tables.planted = synthetic_cxr.read_planted(self.root)
+        """The MIMIC-CXR reader's tables of the generated folder, with the generator's exact
+        posterior of every pair's later labels (`synthetic_cxr.writers.planted_pairs`) as
+        `planted`."""
+        root = self.root
+        reader = MIMICCXRSource(root / synthetic_cxr.CXR_DIR, root / synthetic_cxr.MIMIC4_DIR,
+                                event_selection=self.event_selection,
+                                label_csv=root / synthetic_cxr.CXR_DIR / synthetic_cxr.IMAGENOME_CSV)
+        tables = reader.read()
+        tables.planted = synthetic_cxr.read_planted(root)
         return tables
