@@ -19,6 +19,8 @@ F1 and kappa take predicted classes; `binary_classification_metrics` predicts cl
 ``probability > threshold`` (0.5), the class of a two-way softmax's ``argmax``, where an
 exact tie goes to class 0. Accuracy, precision and recall of predicted classes are here too,
 for the synthetic-EHR suite's discriminators and membership-inference attack (seed 002 §3).
+Multi-label scoring for the chest X-ray family (seed 004): one AUROC per finding on the rows
+a mask selects, and their weighted (Table 2) and unweighted (Table 6) macros.
 
 Values are fractions in [0, 1] (kappa in [-1, 1]); callers that log percent multiply by
 100. A metric that is undefined on the given labels (one-class labels for the ranking
@@ -138,6 +140,42 @@ def cohen_kappa(labels: np.ndarray, predictions: np.ndarray) -> float:
                       stacklevel=2)
         return math.nan
     return (observed - expected) / (1.0 - expected)
+
+
+# --- multi-label: one AUROC per finding (the chest X-ray family, seed 004) -------------
+
+def finding_aurocs(target: np.ndarray, score: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per finding (column): the AUROC of `score` against `target` on the rows where `mask`,
+    and the number of those rows. The AUROC is NaN where those rows hold one class only (or
+    none). Rows whose score is not finite are not evaluated (a broken prediction must not
+    crash the report; `nonfinite_scores` counts them for a note)."""
+    target = np.asarray(target, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(score) & ~np.isnan(target)
+    n = mask.sum(axis=0)
+    aurocs = np.full(target.shape[1], np.nan)
+    for f in range(target.shape[1]):
+        rows = mask[:, f]
+        labels = target[rows, f]
+        positives = int(labels.sum())
+        if 0 < positives < labels.size:
+            aurocs[f] = roc_auc_score(labels, score[rows, f])
+    return aurocs, n.astype(np.int64)
+
+
+def weighted_macro(aurocs: np.ndarray, n: np.ndarray) -> float:
+    """Σ n_f · AUROC_f / Σ n_f over the findings with a defined AUROC (Table 2's "macro-weighted
+    average AUROC", the weights being evaluated rows as in the authors' code)."""
+    defined = ~np.isnan(aurocs)
+    if not defined.any():
+        return math.nan
+    return float(np.sum(n[defined] * aurocs[defined]) / np.sum(n[defined]))
+
+
+def unweighted_macro(aurocs: np.ndarray) -> float:
+    """The plain mean over the findings with a defined AUROC (Table 6, CheXpert)."""
+    defined = ~np.isnan(aurocs)
+    return float(aurocs[defined].mean()) if defined.any() else math.nan
 
 
 def _binary_inputs(labels, values) -> tuple[np.ndarray, np.ndarray]:

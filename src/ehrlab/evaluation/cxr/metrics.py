@@ -19,7 +19,8 @@ race over Asian / Black / White. Each returns NaN with a reason (never raises) w
 reference lacks what it needs.
 
 Everything here is numpy / scikit-learn over whole arrays; the only loops run over findings
-and race groups.
+and race groups. The per-finding AUROCs and their macros live in `ehrlab.metrics`, which the
+table classifiers' validation AUROC uses too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from ehrlab.data.cxr.contract import RACE_GROUPS, SEX_IDS
+from ehrlab.metrics import finding_aurocs, unweighted_macro, weighted_macro
 
 SUBSETS = ("all", "same", "diff")
 
@@ -50,40 +52,6 @@ def same_diff_masks(prev_labels: np.ndarray, target_labels: np.ndarray) -> dict[
     evaluable = ~np.isnan(target)
     same = evaluable & (prev == target)
     return {"all": evaluable, "same": same, "diff": evaluable & ~same}
-
-
-def finding_aurocs(target: np.ndarray, score: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per finding (column): the AUROC of `score` against `target` on the rows where `mask`,
-    and the number of those rows. The AUROC is NaN where those rows hold one class only (or
-    none). Rows whose score is not finite are not evaluated (a broken prediction must not
-    crash the report; `nonfinite_scores` counts them for a note)."""
-    target = np.asarray(target, dtype=np.float64)
-    score = np.asarray(score, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool) & np.isfinite(score) & ~np.isnan(target)
-    n = mask.sum(axis=0)
-    aurocs = np.full(target.shape[1], np.nan)
-    for f in range(target.shape[1]):
-        rows = mask[:, f]
-        labels = target[rows, f]
-        positives = int(labels.sum())
-        if 0 < positives < labels.size:
-            aurocs[f] = roc_auc_score(labels, score[rows, f])
-    return aurocs, n.astype(np.int64)
-
-
-def weighted_macro(aurocs: np.ndarray, n: np.ndarray) -> float:
-    """Σ n_f · AUROC_f / Σ n_f over the findings with a defined AUROC (Table 2's "macro-weighted
-    average AUROC", the weights being evaluated rows as in the authors' code)."""
-    defined = ~np.isnan(aurocs)
-    if not defined.any():
-        return math.nan
-    return float(np.sum(n[defined] * aurocs[defined]) / np.sum(n[defined]))
-
-
-def unweighted_macro(aurocs: np.ndarray) -> float:
-    """The plain mean over the findings with a defined AUROC (Table 6, CheXpert)."""
-    defined = ~np.isnan(aurocs)
-    return float(aurocs[defined].mean()) if defined.any() else math.nan
 
 
 def weighted_macro_auroc(target: np.ndarray, score: np.ndarray, mask: np.ndarray) -> float:

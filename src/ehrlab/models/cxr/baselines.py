@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_auroc
 
 from ehrlab.checkpoints import read_checkpoint
 from ehrlab.errors import UserInputError
+from ehrlab.metrics import finding_aurocs, unweighted_macro
 from ehrlab.models.cxr.base import IMAGE, LABELS, Batch, ImageForecaster
 from ehrlab.models.cxr.table_encoder import TABLE_ENCODER_KEY, TableEncoder, masked_mean
 
@@ -73,14 +74,11 @@ def masked_binary_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 def macro_auroc(probabilities: Tensor, targets: Tensor) -> float:
     """Unweighted mean over findings of the AUROC on the rows whose target is known; findings
-    without both classes among those rows are left out (NaN if none is left)."""
-    scores = []
-    for finding in range(targets.shape[1]):
-        known = ~torch.isnan(targets[:, finding])
-        labels = targets[known, finding].long()
-        if labels.numel() and 0 < int(labels.sum()) < labels.numel():
-            scores.append(float(binary_auroc(probabilities[known, finding], labels)))
-    return sum(scores) / len(scores) if scores else float("nan")
+    without both classes among those rows are left out (NaN if none is left). The evaluation's
+    own per-finding AUROC (`ehrlab.metrics.finding_aurocs`), on tensors."""
+    targets = targets.float().cpu().numpy()
+    aurocs, _ = finding_aurocs(targets, probabilities.float().cpu().numpy(), ~np.isnan(targets))
+    return unweighted_macro(aurocs)
 
 
 def load_table_encoder(encoder: TableEncoder, path: str | Path) -> None:
