@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ehrlab.families.base import Family
+from ehrlab.models.cxr.base import ENCODER
 
 
 class ImageForecastFamily(Family):
@@ -40,6 +41,8 @@ class ImageForecastFamily(Family):
         """Forecast (stage generate / evaluate / all) then evaluate (evaluate / all)."""
         if cfg.stage == "train":
             return {}, []
+        if model.output == ENCODER:  # a part of another model: its own test measures, nothing to forecast
+            return (model.test_metrics(datamodule.test_dataloader()) if cfg.stage != "generate" else {}), []
         forecasts = forecast_test_split(model, datamodule)
         write_forecasts(forecasts, task_data.findings, run_dir / "forecasts",
                         png=cfg.stage in ("generate", "all") and cfg.generate.write_images)

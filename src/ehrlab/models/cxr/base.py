@@ -28,6 +28,9 @@ from ehrlab.errors import UserInputError
 Batch = dict[str, Tensor]
 
 IMAGE, LABELS = "image", "labels"
+#: the output of a part trained for other models (the autoencoder, the CLIP encoders of §3.3):
+#: nothing is forecast; the family reports the part's own test metrics (`test_metrics`)
+ENCODER = "encoder"
 
 
 class ImageForecaster(pl.LightningModule):
@@ -45,7 +48,8 @@ class ImageForecaster(pl.LightningModule):
     """
 
     family = "cxr_forecast"
-    #: what :meth:`forecast` returns: "image" (``{"image": [B, 1, S, S]}``) or "labels" (``{"label_probs": [B, F]}``)
+    #: what :meth:`forecast` returns: "image" (``{"image": [B, 1, S, S]}``) or "labels" (``{"label_probs": [B, F]}``);
+    #: "encoder" for a part that forecasts nothing (see :meth:`test_metrics`)
     output: str = IMAGE
     #: False for rules with nothing to fit: the runner skips training and checkpoints
     trainable: bool = True
@@ -72,6 +76,11 @@ class ImageForecaster(pl.LightningModule):
 
     def compute_forecast(self, batch: Batch, seed: int | None) -> dict[str, Tensor]:
         """The model's forecast for a batch already on its device (see :meth:`forecast`)."""
+        raise NotImplementedError
+
+    def test_metrics(self, dataloader) -> dict[str, float]:
+        """A part's (``output == "encoder"``) own measures on the test pairs, keys ``test/…``
+        (an autoencoder's reconstruction error, the CLIP encoders' retrieval accuracy)."""
         raise NotImplementedError
 
     def forecast(self, batch: Batch, seed: int | None = None) -> dict[str, Tensor]:

@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrlab.checkpoints import read_checkpoint
-from ehrlab.errors import UserInputError
 from ehrlab.metrics import finding_aurocs, unweighted_macro
 from ehrlab.models.cxr.base import IMAGE, LABELS, Batch, ImageForecaster
+from ehrlab.models.cxr.parts import load_part
 from ehrlab.models.cxr.table_encoder import TABLE_ENCODER_KEY, TableEncoder, masked_mean
 
 
@@ -82,45 +81,16 @@ def macro_auroc(probabilities: Tensor, targets: Tensor) -> float:
 
 
 def load_table_encoder(encoder: TableEncoder, path: str | Path) -> None:
-    """Load `encoder` from the CLIP checkpoint at `path` (``model.clip_checkpoint``).
-
-    The file is an ehrlab (Lightning) checkpoint read weights-only; the encoder's weights are
-    the ``state_dict`` entries under the key prefix ``table_encoder.``, at the top or nested
-    (``clip.table_encoder.``). Its projection to the CLIP space is skipped when `encoder` has
-    none (the table classifiers' head reads the Transformer's states, as the authors' code does).
+    """Load `encoder` from the CLIP checkpoint at `path` (``model.clip_checkpoint``): the
+    weights under ``table_encoder.`` (`ehrlab.models.cxr.parts.load_part`). Its projection to
+    the CLIP space is skipped when `encoder` has none (the table classifiers' head reads the
+    Transformer's states, as the authors' code does).
     """
-    checkpoint = read_checkpoint(path, role="model.clip_checkpoint")
-    marker = TABLE_ENCODER_KEY + "."
-    weights = {}
-    for key, value in checkpoint["state_dict"].items():
-        nested = key.find("." + marker)
-        if key.startswith(marker):
-            name = key[len(marker):]
-        elif nested >= 0:
-            name = key[nested + 1 + len(marker):]
-        else:
-            continue
-        if encoder.projection is None and name.startswith("projection."):
-            continue
-        weights[name] = value
-    if not weights:
-        raise UserInputError(
-            f"model.clip_checkpoint={path} holds no table encoder weights (no state_dict key under "
-            f"'{marker}'): give the checkpoint of a CLIP pretraining run (its checkpoints/best.ckpt).")
-    own = encoder.state_dict()
-    missing = sorted(own.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - own.keys())
-    mismatched = sorted(k for k in own.keys() & weights.keys()
-                        if not isinstance(weights[k], Tensor) or weights[k].shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        problems = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                        ("other shapes", mismatched)) if keys]
-        raise UserInputError(
-            f"model.clip_checkpoint={path}: its table encoder does not fit this model's (event_dim="
-            f"{encoder.event_dim}, {len(encoder.transformer.layers)} layers): {'; '.join(problems)}. Use the "
-            "text encoder and model.n_layers / model.ffn_multiplier of the CLIP run, or no clip_checkpoint.")
-    encoder.load_state_dict(weights)
+    load_part(encoder, path, TABLE_ENCODER_KEY, role="model.clip_checkpoint",
+              hint=f"This model's table encoder has event_dim={encoder.event_dim} and "
+                   f"{len(encoder.transformer.layers)} layers: use the text encoder and model.n_layers / "
+                   "model.ffn_multiplier of the CLIP run, or no clip_checkpoint.",
+              skip=("projection.",) if encoder.projection is None else ())
 
 
 class TableClassifier(ImageForecaster):
