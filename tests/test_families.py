@@ -49,3 +49,33 @@ def test_the_family_refuses_what_does_not_apply(family, task_kind, stage, messag
 ])
 def test_only_a_generators_evaluation_runs_without_a_model(family, stage, untrained, make_config):
     assert FAMILIES[family].runs_untrained(make_config(f"stage={stage}")) is untrained
+
+
+def test_the_cxr_family_forecasts_with_the_events_dropped_that_the_evaluation_asks_for():
+    """cxr_evaluation.drop_events (Appendix D.7) reaches the model: the same events are
+    dropped for every sampling seed, and none when it is 0."""
+    import torch
+
+    from ehrlab.families.cxr import forecast_test_split
+    from ehrlab.models.cxr.base import LABELS, ImageForecaster
+
+    class EventCounter(ImageForecaster):
+        output = LABELS
+        sampling_seeds = (0, 1)
+
+        def compute_forecast(self, batch, seed):
+            return {"label_probs": batch["event_mask"].sum(1, keepdim=True).float()}
+
+    mask = torch.arange(50) < (torch.arange(8) * 6 + 2).unsqueeze(1)
+    batch = {"events": torch.ones(8, 50, 2) * mask.unsqueeze(-1), "event_mask": mask, "pair_id": torch.arange(8)}
+
+    class OneBatch:
+        def predict_dataloader(self):
+            return [batch]
+
+    model = EventCounter(["chexpert:Edema"], event_dim=2, image_size=4, max_events=50)
+    full = forecast_test_split(model, OneBatch())
+    dropped = forecast_test_split(model, OneBatch(), drop_events=0.5, drop_seed=0)
+    assert (full[0]["label_probs"][:, 0] == mask.sum(1).numpy()).all()
+    assert dropped[0]["label_probs"].sum() < 0.75 * full[0]["label_probs"].sum()
+    assert (dropped[0]["label_probs"] == dropped[1]["label_probs"]).all()

@@ -21,6 +21,9 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import traceback
 import warnings
@@ -33,7 +36,7 @@ import numpy as np
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ehrlab.checkpoints import RandomStateCheckpoint, check_checkpoint_fits, load_model_weights, read_checkpoint
 from ehrlab.cli import one_line_reason, user_error_in
@@ -117,6 +120,8 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         model_class = get_class(cfg.model._target_)
         family = family_of(model_class)
         family.check(cfg, model_class, task_data)
+        if cfg.get("pretrain") and cfg.stage in ("train", "all"):
+            metrics |= pretrain_parts(cfg, family, task_data, run_dir)
         model = instantiate(cfg.model, **datamodule.model_arguments())
         check_splits_not_empty(task_data)
         logger = build_logger(cfg, run_dir)
@@ -158,6 +163,82 @@ def train_or_load(cfg: DictConfig, model, family: Family, datamodule, logger, ru
         raise UserInputError(f"stage={cfg.stage} needs a trained model: add ckpt_path=/path/to/checkpoint.ckpt "
                              "(a run directory's checkpoints/best.ckpt).")
     return trainer
+
+
+def pretrain_parts(cfg: DictConfig, family: Family, task_data, run_dir: Path) -> dict[str, float]:
+    """Train the parts the model is assembled from (``pretrain.<name>``; seed 004's autoencoder
+    and CLIP encoders) unless the model already names their checkpoints; returns their test
+    metrics as ``pretrain/<name>/…``.
+
+    A part is a model of the same family with its own config block (``model``, ``data.batch_size``
+    and ``trainer`` overrides: what ``model=cxr_vae`` would run) and fills the model option
+    ``<name>_checkpoint``. It is trained once per prepared data, part config and seed, as a run
+    of its own in ``<cache>/pretrained/<name>-<key>/`` (single device, no logger), and later runs
+    reuse it. `cfg.model` is updated in place and config.yaml rewritten, so the run records the
+    checkpoints it used; the random state is reset to the run's seed afterwards, so the model
+    starts the same whether its parts were trained now or read from the cache.
+    """
+    metrics = {}
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    for name, part in cfg.pretrain.items():
+        option = f"{name}_checkpoint"
+        if option not in cfg.model:
+            raise UserInputError(f"pretrain.{name}: model {cfg.model._target_} has no option {option} to take it.")
+        if cfg.model[option]:
+            log.info("part %s: using model.%s=%s", name, option, cfg.model[option])
+            continue
+        part_cfg = part_config(cfg, part)
+        part_class = get_class(part_cfg.model._target_)
+        if family_of(part_class) is not family:
+            raise UserInputError(f"pretrain.{name}: {part_class.__name__} is not {family.member}.")
+        key = digest({"data": task_data.cache_key, "part": OmegaConf.to_container(part, resolve=True),
+                      "seed": cfg.seed})
+        folder = cache_dir / "pretrained" / f"{name}-{key}"
+        if (folder / "metrics.json").exists():
+            log.info("part %s: reusing %s (trained earlier on the same data, part config and seed)", name, folder)
+        else:
+            log.info("part %s: training %s once for this data (cached in %s)", name, part_class.__name__, folder)
+            with staged_folder(folder) as staging:
+                write_json(staging / "metrics.json", train_part(part_cfg, family, task_data, staging))
+        with open(folder / "metrics.json") as file:
+            metrics |= {f"pretrain/{name}/{k}": v for k, v in json.load(file).items() if v is not None}
+        cfg.model[option] = str(folder / "checkpoints" / "best.ckpt")
+    if is_first_process():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return metrics
+
+
+def part_config(cfg: DictConfig, part: DictConfig) -> DictConfig:
+    """The config of a part's own run: this run's, with the part's model, batch size and trainer
+    overrides, on one device (under DDP the other ranks start only after the part is cached)."""
+    part_cfg = copy.deepcopy(cfg)
+    with open_dict(part_cfg):
+        part_cfg.model = part.model
+        part_cfg.pretrain = {}
+        part_cfg.stage, part_cfg.resume, part_cfg.ckpt_path = "all", None, None
+        part_cfg.data = OmegaConf.merge(cfg.data, part.get("data", {}))
+        part_cfg.trainer = OmegaConf.merge(cfg.trainer, part.get("trainer", {}), {"devices": 1, "num_nodes": 1})
+        if "strategy" in part_cfg.trainer:
+            part_cfg.trainer.strategy = "auto"
+    return part_cfg
+
+
+def train_part(part_cfg: DictConfig, family: Family, task_data, folder: Path) -> dict[str, float]:
+    """Train one part in `folder` (checkpoints/best.ckpt) and return its test metrics."""
+    pl.seed_everything(part_cfg.seed, workers=True, verbose=False)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(part_cfg, resolve=True))
+    datamodule = task_data.datamodule(batch_size=part_cfg.data.batch_size, num_workers=part_cfg.data.num_workers,
+                                      pin_memory=part_cfg.data.pin_memory)
+    model = instantiate(part_cfg.model, **datamodule.model_arguments())
+    train_or_load(part_cfg, model, family, datamodule, None, folder)
+    metrics, _ = family.after_training(part_cfg, model, datamodule, task_data, folder)
+    return metrics
+
+
+def digest(value) -> str:
+    """A short stable hash of plain data."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepare(cfg: DictConfig, run_dir: Path):

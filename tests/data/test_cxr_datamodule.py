@@ -8,6 +8,7 @@ import torch
 from test_cxr_task import event_table, fake_encoder, image_table, standard_tables, use_fake_encoder
 
 from ehrlab.data.cxr.contract import CXRTables
+from ehrlab.data.cxr.datamodule import drop_events
 from ehrlab.data.tasks.cxr import CXRForecastTask, CXRTaskData
 
 
@@ -80,3 +81,40 @@ def test_pairs_without_events_get_one_masked_column(tmp_path):
     data.save(tmp_path / "task")
     batch = next(iter(data.datamodule(batch_size=8).train_dataloader()))
     assert batch["events"].shape[1] == 1 and not batch["event_mask"].any()
+
+
+def event_batch(n_pairs: int = 40, width: int = 30, dim: int = 3) -> dict[str, torch.Tensor]:
+    """Events numbered by position (event j of a pair holds the value j + 1) so that a
+    dropped or reordered event shows in the values."""
+    lengths = torch.arange(n_pairs) % width + 1
+    mask = torch.arange(width) < lengths.unsqueeze(1)
+    events = (torch.arange(width, dtype=torch.float32) + 1).view(1, width, 1).expand(n_pairs, width, dim) * mask.unsqueeze(-1)
+    return {"events": events.clone(), "event_mask": mask, "pair_id": torch.arange(n_pairs) + 1000}
+
+
+def test_dropping_events_keeps_a_left_aligned_ordered_subset():
+    batch = event_batch()
+    dropped = drop_events(batch, 0.2, seed=3)
+    assert drop_events(batch, 0.0, seed=3) is batch
+    kept = dropped["event_mask"]
+    assert (kept.sum(1) <= batch["event_mask"].sum(1)).all()
+    for row in range(len(kept)):
+        n = int(kept[row].sum())
+        assert kept[row, :n].all() and not kept[row, n:].any()  # left-aligned
+        values = dropped["events"][row, :n, 0]
+        assert (values[1:] > values[:-1]).all()  # time order kept, each event at most once
+        assert set(values.tolist()) <= set(batch["events"][row, : int(batch["event_mask"][row].sum()), 0].tolist())
+        assert (dropped["events"][row, n:] == 0).all()
+    share = 1 - kept.sum() / batch["event_mask"].sum()
+    assert 0.12 < share < 0.28  # about the fraction asked for (620 events)
+
+
+def test_dropped_events_depend_on_the_pair_not_the_batch():
+    batch = event_batch()
+    whole = drop_events(batch, 0.3, seed=1)
+    half = drop_events({k: v[20:] for k, v in batch.items()}, 0.3, seed=1)
+    width = half["events"].shape[1]
+    assert torch.equal(whole["events"][20:, :width], half["events"])
+    assert not torch.equal(drop_events(batch, 0.3, seed=2)["event_mask"], whole["event_mask"])
+    with pytest.raises(ValueError):
+        drop_events(batch, 1.0, seed=0)

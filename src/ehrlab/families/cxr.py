@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from ehrlab.data.cxr.datamodule import drop_events as drop_events_at_random
 from ehrlab.families.base import Family
 from ehrlab.models.cxr.base import ENCODER
 
@@ -43,24 +44,37 @@ class ImageForecastFamily(Family):
             return {}, []
         if model.output == ENCODER:  # a part of another model: its own test measures, nothing to forecast
             return (model.test_metrics(datamodule.test_dataloader()) if cfg.stage != "generate" else {}), []
-        forecasts = forecast_test_split(model, datamodule)
+        settings = evaluation_settings(cfg)
+        forecasts = forecast_test_split(model, datamodule, drop_events=settings.drop_events, drop_seed=cfg.seed)
         write_forecasts(forecasts, task_data.findings, run_dir / "forecasts",
                         png=cfg.stage in ("generate", "all") and cfg.generate.write_images)
         if cfg.stage == "generate":
             return {}, []
-        return evaluate(cfg, forecasts, task_data, run_dir)
+        metrics, plots = evaluate(cfg, settings, forecasts, task_data, run_dir)
+        if settings.drop_events:
+            metrics["test/drop_events"] = settings.drop_events  # so that the study's runs tell themselves apart
+        return metrics, plots
 
 
-def forecast_test_split(model, datamodule) -> list[dict[str, np.ndarray]]:
+def evaluation_settings(cfg: DictConfig):
+    from ehrlab.evaluation.cxr import EvaluationSettings
+
+    return EvaluationSettings.from_config(cfg.cxr_evaluation)
+
+
+def forecast_test_split(model, datamodule, drop_events: float = 0.0, drop_seed: int = 0) -> list[dict[str, np.ndarray]]:
     """One dict per sampling seed, rows in the test split's pair order: `seed`, `pair_id`
-    and `images` (uint8 [N, S, S]) or `label_probs` (float32 [N, F])."""
+    and `images` (uint8 [N, S, S]) or `label_probs` (float32 [N, F]).
+
+    `drop_events` > 0 drops that fraction of each pair's events first (Appendix D.7), the same
+    events for every sampling seed (drawn from `drop_seed` and the pair)."""
     output = "images" if model.output == "image" else "label_probs"
     forecasts = []
     for seed in model.sampling_seeds:
         pair_ids, values = [], []
         batches = datamodule.predict_dataloader()
         for batch in tqdm(batches, desc=f"forecasting the test split (seed {seed})", leave=False):
-            forecast = model.forecast(batch, seed=seed)
+            forecast = model.forecast(drop_events_at_random(batch, drop_events, drop_seed), seed=seed)
             pair_ids.append(batch["pair_id"].numpy())
             if output == "images":
                 values.append(to_uint8(forecast["image"][:, 0]))
@@ -89,21 +103,17 @@ def write_forecasts(forecasts: list[dict], findings: list[str], folder: Path, pn
                 Image.fromarray(image).save(images_dir / f"{pair_id}.png")
 
 
-def evaluate(cfg: DictConfig, forecasts: list[dict], task_data, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
+def evaluate(cfg: DictConfig, settings, forecasts: list[dict], task_data,
+             run_dir: Path) -> tuple[dict[str, float], list[Path]]:
     """Seed 004's evaluation of the forecasts against the test split's true targets, with the
     evaluators trained once per prepared data (or the user's weights)."""
-    from ehrlab.evaluation.cxr import (
-        EvaluationSettings,
-        evaluate_forecasts,
-        load_or_train_evaluator,
-    )
+    from ehrlab.evaluation.cxr import evaluate_forecasts, load_or_train_evaluator
     from ehrlab.evaluation.cxr.report import BARS_FILE
 
     reference = task_data.reference("test")
     for forecast in forecasts:
         if not np.array_equal(forecast["pair_id"], reference.pair_id):
             raise RuntimeError("forecasts are not in the test split's pair order")
-    settings = EvaluationSettings.from_config(cfg.cxr_evaluation)
     evaluator = load_or_train_evaluator(settings.evaluator, data_key=task_data.cache_key,
                                         image_set=task_data.image_set,
                                         cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None)

@@ -107,3 +107,29 @@ class CXRDataModule(SplitDataModule):
         """What the data tell a model's constructor."""
         return {"findings": list(self.task_data.findings), "event_dim": int(self.task_data.event_embeddings.shape[1]),
                 "image_size": int(self.task_data.image_size), "max_events": int(self.task_data.max_events)}
+
+
+def drop_events(batch: dict[str, torch.Tensor], fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """The batch with each event dropped with probability `fraction` (seed 004 Appendix D.7:
+    "randomly dropping 5%, 10%, and 20% of medical events for each sample" at test time).
+
+    The survivors keep their time order and are left-aligned again, as if the data had never
+    had the dropped ones (a model that reads event slots by position sees the same layout).
+    The draw depends only on (`seed`, pair_id), so a pair loses the same events whatever
+    batch it is in; a pair may lose all of them.
+    """
+    if fraction <= 0:
+        return batch
+    if fraction >= 1:
+        raise ValueError(f"drop fraction {fraction} must be below 1")
+    mask = batch["event_mask"].cpu().numpy()
+    keep = np.zeros_like(mask)
+    for row, pair_id in enumerate(batch["pair_id"].tolist()):
+        draws = np.random.default_rng([seed, pair_id]).random(mask.shape[1])
+        keep[row] = mask[row] & (draws >= fraction)
+    # Stable sort of "dropped" (True last) moves the kept events to the front in their order.
+    order = torch.from_numpy(np.argsort(~keep, axis=1, kind="stable")).to(batch["events"].device)
+    events = torch.gather(batch["events"], 1, order.unsqueeze(-1).expand_as(batch["events"]))
+    new_mask = torch.from_numpy(np.take_along_axis(keep, order.cpu().numpy(), axis=1)).to(batch["event_mask"].device)
+    return {**batch, "events": events * new_mask.unsqueeze(-1).to(events.dtype), "event_mask": new_mask}
+

@@ -45,13 +45,20 @@ class EvaluationSettings:
     evaluator: `EvaluatorConfig` options (architecture, densenet / vit sizes, epochs,
     batch_size, learning_rate, weight_decay, patience, seed, weights); fid_features: a
     TorchScript feature network for FID instead of the evaluator's features; grid_pairs: rows
-    of the previous | target | prediction figure; batch_size: images per evaluator call.
+    of the previous | target | prediction figure; batch_size: images per evaluator call;
+    drop_events: the fraction of each test pair's events dropped before forecasting (the
+    missing-event robustness study of Appendix D.7; 0 keeps them all).
     """
 
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     fid_features: str | None = None
     grid_pairs: int = 8
     batch_size: int = 128
+    drop_events: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.drop_events < 1:
+            raise UserInputError(f"cxr_evaluation.drop_events={self.drop_events}: must be in [0, 1).")
 
     @classmethod
     def from_config(cls, node) -> EvaluationSettings:
