@@ -172,7 +172,8 @@ def pretrain_parts(cfg: DictConfig, family: Family, task_data, run_dir: Path) ->
 
     A part is a model of the same family with its own config block (``model``, ``data.batch_size``
     and ``trainer`` overrides: what ``model=cxr_vae`` would run) and fills the model option
-    ``<name>_checkpoint``. It is trained once per prepared data, part config and seed, as a run
+    ``<name>_checkpoint`` (``pretrain.<name>.train=false`` leaves the part untrained: the model
+    starts it from scratch). It is trained once per prepared data, part config and seed, as a run
     of its own in ``<cache>/pretrained/<name>-<key>/`` (single device, no logger), and later runs
     reuse it. `cfg.model` is updated in place and config.yaml rewritten, so the run records the
     checkpoints it used; the random state is reset to the run's seed afterwards, so the model
@@ -186,6 +187,9 @@ def pretrain_parts(cfg: DictConfig, family: Family, task_data, run_dir: Path) ->
             raise UserInputError(f"pretrain.{name}: model {cfg.model._target_} has no option {option} to take it.")
         if cfg.model[option]:
             log.info("part %s: using model.%s=%s", name, option, cfg.model[option])
+            continue
+        if not part.get("train", True):  # e.g. Table 10's EHRXDiff without the CLIP pretraining
+            log.info("part %s: not pretrained (pretrain.%s.train=false): the model starts it from scratch", name, name)
             continue
         part_cfg = part_config(cfg, part)
         part_class = get_class(part_cfg.model._target_)
