@@ -1,0 +1,114 @@
+"""EHRXDiff's adapter A_fusion (seed 004 §3.3.2, Figure 3): the conditions as one token sequence.
+
+Three streams of tokens, each ``D_CLIP`` wide, are concatenated along the token axis and mixed
+by one linear layer along that axis into ``C_fusion`` context tokens, which the UNet's
+cross-attention reads (§3.2's K and V):
+
+- the table stream ``c_CLIP^tab`` [n_event × D_CLIP]: the CLIP table encoder's event tokens,
+  zero-padded to ``max_events`` slots (the task's 1,024 in the paper);
+- the CLIP image stream ``c_CLIP^img`` [n_patch × D_CLIP]: all 65 tokens of the ViT-B/32;
+- the VAE stream: ``c_VAE^img`` [C_z × H_f × W_f], each latent channel flattened and projected
+  by one linear map H_f·W_f → D_CLIP ("we first flatten c_VAE into a 1D format and project it",
+  §3.3.2): C_z tokens (3 × 4,096 → 3 × 768 in the paper).
+
+At the paper's size 1,024 + 65 + 3 = 1,092 tokens become C_fusion = 1,024 (§4.5).
+
+Facts from the authors' code where the paper is silent: the order of the streams is table,
+CLIP image, VAE; the mixing layer has a bias and sees no mask (a padded event slot is a zero
+token, which adds nothing but the bias). ``context_dim`` other than ``D_CLIP`` adds a final
+linear map to the UNet's cross-attention width (the paper's are equal: 768).
+
+Cost: the mixing layer is a [C_fusion × (max_events + n_patch + C_z)] matrix, and a batch's
+event lists are usually far shorter than ``max_events``. Since the padded slots are zeros,
+only the weight columns of the batch's E real slots are multiplied: exactly the result of
+padding to ``max_events``, at a fraction of the cost (tested).
+
+Table 4 row 1 (the VAE latent by concatenation, nothing by cross-attention) has no stream at
+all: the UNet still has its cross-attention layers, and they read one learned context token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ehrlab.errors import UserInputError
+
+
+class FusionAdapter(nn.Module):
+    """A_fusion (§3.3.2): table, CLIP image and VAE tokens → [B, n_context, context_dim].
+
+    Args:
+        clip_dim: D_CLIP, the width of the CLIP streams (768).
+        n_context: C_fusion, the number of context tokens (1,024).
+        context_dim: the UNet's cross-attention width; None or `clip_dim`: no final projection.
+        table_tokens: slots of the table stream (the task's max_events); 0: no table stream.
+        image_tokens: tokens of the CLIP image stream (n_patch); 0: no image stream.
+        vae_channels: C_z of the VAE stream; 0: no VAE stream.
+        vae_pixels: H_f · W_f, the length of a flattened latent channel (needed with a VAE stream).
+
+    With no stream the output is one learned token [B, 1, context_dim] (Table 4 row 1).
+    """
+
+    def __init__(self, clip_dim: int, n_context: int, context_dim: int | None = None, table_tokens: int = 0,
+                 image_tokens: int = 0, vae_channels: int = 0, vae_pixels: int = 0):
+        super().__init__()
+        context_dim = context_dim or clip_dim
+        self.clip_dim, self.context_dim = clip_dim, context_dim
+        self.table_tokens, self.image_tokens, self.vae_channels = table_tokens, image_tokens, vae_channels
+        self.n_tokens = table_tokens + image_tokens + vae_channels
+        if self.n_tokens == 0:
+            self.n_context = 1
+            # N(0, 1): about the scale of a LayerNorm-ed token, what cross-attention expects
+            self.null_context = nn.Parameter(torch.randn(1, 1, context_dim))
+            return
+        if n_context < 1:
+            raise UserInputError(f"model.n_context={n_context}: the adapter needs at least one context token.")
+        self.n_context = n_context
+        if vae_channels:
+            if vae_pixels < 1:
+                raise ValueError("a VAE stream needs vae_pixels = H_f * W_f")
+            self.vae_projection = nn.Linear(vae_pixels, clip_dim)
+        self.token_mixing = nn.Linear(self.n_tokens, n_context)
+        self.output_projection = nn.Linear(clip_dim, context_dim) if context_dim != clip_dim else None
+
+    def forward(self, table: Tensor | None = None, image: Tensor | None = None, vae: Tensor | None = None,
+                batch_size: int | None = None) -> Tensor:
+        """Context tokens [B, n_context, context_dim].
+
+        Args:
+            table: the table tokens [B, E, clip_dim] with E ≤ table_tokens, zero at padding
+                (the first E slots; the rest count as zero).
+            image: the CLIP image tokens [B, image_tokens, clip_dim].
+            vae: the previous image's latent [B, vae_channels, H_f, W_f].
+            batch_size: B, needed only without any stream.
+        """
+        given = {"table": table is not None, "image": image is not None, "vae": vae is not None}
+        expected = {"table": self.table_tokens > 0, "image": self.image_tokens > 0, "vae": self.vae_channels > 0}
+        if given != expected:
+            raise ValueError(f"the adapter was built for the streams {expected}, given {given}")
+        if self.n_tokens == 0:
+            return self.null_context.expand(batch_size, -1, -1)
+        tokens, columns = [], []
+        weight = self.token_mixing.weight  # [n_context, table_tokens + image_tokens + vae_channels]
+        start = 0
+        if table is not None:
+            n_events = table.shape[1]
+            if n_events > self.table_tokens:
+                raise UserInputError(f"a pair has {n_events} events, more than the {self.table_tokens} event slots "
+                                     "of EHRXDiff's adapter (the task's max_events when the model was built).")
+            tokens.append(table)
+            columns.append(weight[:, :n_events])  # the padded slots' columns would multiply zeros
+            start = self.table_tokens
+        if image is not None:
+            tokens.append(image)
+            columns.append(weight[:, start:start + self.image_tokens])
+            start += self.image_tokens
+        if vae is not None:
+            tokens.append(self.vae_projection(vae.flatten(2)))
+            columns.append(weight[:, start:])
+        tokens = torch.cat(tokens, dim=1)  # [B, T, clip_dim]
+        # along the token axis: [B, clip_dim, T] → [B, clip_dim, n_context]
+        mixed = F.linear(tokens.transpose(1, 2), torch.cat(columns, dim=1), self.token_mixing.bias).transpose(1, 2)
+        return mixed if self.output_projection is None else self.output_projection(mixed)
