@@ -82,9 +82,8 @@ def test_each_conditioning_row_gives_its_context_and_unet_input(row):
     batch = fake_batch()
     concat, vae_attention, clip_image, table = ROWS[row]
     with torch.no_grad():
-        prev_latent = model.encode(batch["prev_image"]).mode()
-        context, extra = model.conditions(model.networks(ema=False), batch["prev_image"], prev_latent,
-                                          batch["events"], batch["event_mask"])
+        prev_latent = model.encode(batch["prev_image"])[:, :2]  # the posterior's mode (its mean)
+        context, extra = model.conditions(model.networks(ema=False), batch)
     streams = vae_attention or clip_image or table
     assert context.shape == (4, 6 if streams else 1, 12)
     assert model.unet.config.in_channels == (4 if concat else 2)
@@ -305,6 +304,33 @@ def test_lightning_fit_updates_the_ema_and_the_checkpoint_restores_the_forecast(
     assert int(fresh.ema_updates) == 3
     batch = fake_batch(seed=5)
     assert torch.equal(fresh.forecast(batch, seed=2)["image"], model.forecast(batch, seed=2)["image"])
+
+
+@pytest.mark.parametrize("train_clip", [False, True])
+def test_cached_conditions_give_the_same_loss(train_clip):
+    model = make_model(train_clip=train_clip, cache_conditions=True, null_share=0.5).eval()
+    plain = make_model(train_clip=train_clip, null_share=0.5).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = fake_batch(n_pairs=5, n_events=[5, 1, 3, 0, 2])
+    extended, source = add_null_samples(batch, 0.5, 10.0, (0.9, 1.1), generator=torch.Generator().manual_seed(0))
+
+    def loss(m, b, s=None) -> float:
+        with torch.no_grad():
+            return m.diffusion_loss(b, m.networks(ema=False), s, generator=torch.Generator().manual_seed(4)).item()
+
+    expected = loss(plain, extended, source)
+    assert loss(model, extended, source) == pytest.approx(expected, rel=1e-5)  # fills the cache
+    assert loss(model, extended, source) == pytest.approx(expected, rel=1e-5)  # reads it
+    entry = model._feature_cache[int(batch["pair_id"][2])]
+    assert set(entry) == ({"prev", "target"} if train_clip else {"prev", "target", "image", "table"})
+    if not train_clip:
+        assert entry["table"].shape == (3, CLIP["clip_dim"])  # its 3 real events, not the batch's padding
+    # The same pairs padded to another width, in another order: read from the cache.
+    other = rows_of(batch, [4, 2, 0])
+    assert loss(model, other) == pytest.approx(loss(plain, other), rel=1e-5)
+    assert len(model._feature_cache) == 5
+    model.on_fit_end()
+    assert not model._feature_cache
 
 
 def test_validation_loss_is_the_same_draw_every_epoch():

@@ -1,0 +1,172 @@
+"""Benchmark EHRXDiff (seed 004 §3) on this machine: a training step of ``ehrxdiff_small`` (and
+its w_null variant) at the configured batch, DDIM sampling images per second, and a training step
+of the paper-size model (``ehrxdiff``, 256², 600 M trained parameters) at batch 1.
+
+    python bench/bench_ehrxdiff.py                  # small, small_wnull, sampling, paper
+    python bench/bench_ehrxdiff.py --skip-paper     # without the paper-size step (≈ 14 GB of memory)
+    python bench/bench_ehrxdiff.py --threads 2
+
+The models are built from the project's configs (``model=ehrxdiff_small`` etc., composed as
+``run.py`` would), with untrained parts. Batches have the default phantom's shapes: images of
+the config's size, a number of events per pair drawn like the phantom's training pairs (mean
+≈ 100, sd ≈ 48, 11 to 257), padded to the batch's longest list, 384-d (the packaged text
+encoder). Each measurement runs in a child process so that its peak resident memory
+(``resource.getrusage``) is its own. A training step is forward, backward, AdamW and the EMA
+update; reported is the median of ``--steps`` steps after one warm-up step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EVENT_DIM = 384
+FINDINGS = [f"imagenome:finding {i}" for i in range(7)]
+
+
+def model_config(name: str):
+    """conf/model/<name>.yaml composed with the rest of the config, as run.py would (the config
+    folder: $EHRLAB_BENCH_CONFIG_DIR, else the project's conf/)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ehrlab.config import CONFIG_DIR, register_sweeps
+
+    register_sweeps()
+    with initialize_config_dir(config_dir=os.environ.get("EHRLAB_BENCH_CONFIG_DIR", str(CONFIG_DIR)),
+                               version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", "data=synthetic_cxr", "task=cxr_forecast",
+                                           "run_dir=/tmp/bench_ehrxdiff"])
+    return OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.batch_size), int(cfg.data.image_size)
+
+
+def build(name: str):
+    from hydra.utils import instantiate
+
+    node, batch_size, image_size = model_config(name)
+    model = instantiate(node, findings=FINDINGS, event_dim=EVENT_DIM, image_size=image_size, max_events=1024)
+    return model, batch_size, image_size
+
+
+def phantom_batch(size: int, image_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    n_events = (100 + 48 * torch.randn(size, generator=generator)).round().clamp(11, 257).long()
+    width = int(n_events.max())
+    mask = torch.arange(width) < n_events[:, None]
+    return {"prev_image": torch.rand(size, 1, image_size, image_size, generator=generator),
+            "target_image": torch.rand(size, 1, image_size, image_size, generator=generator),
+            "events": torch.randn(size, width, EVENT_DIM, generator=generator) * mask.unsqueeze(-1),
+            "event_mask": mask,
+            "prev_labels": torch.zeros(size, len(FINDINGS)), "target_labels": torch.zeros(size, len(FINDINGS)),
+            "age": torch.full((size,), 60.0), "sex": torch.zeros(size, dtype=torch.long),
+            "pair_id": torch.arange(size), "subject_id": torch.arange(size)}
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def train_steps(name: str, steps: int, batch_size: int | None) -> dict:
+    model, configured, image_size = build(name)
+    batch_size = batch_size or configured
+    optimizer = model.configure_optimizers()
+    model.train()
+    times = []
+    for step in range(steps + 1):
+        batch = phantom_batch(batch_size, image_size, seed=step)
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        model.diffusion_loss(*_training_inputs(model, batch)).backward()
+        optimizer.step()
+        model.update_ema()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[1:])
+    return {"measure": f"train {name}", "batch": batch_size, "image_size": image_size,
+            "trained_parameters": model.parameter_counts()["trained"], "s_per_step": seconds,
+            "ms_per_pair": 1000 * seconds / batch_size, "peak_gib": peak_gib()}
+
+
+def _training_inputs(model, batch):
+    """What training_step hands diffusion_loss (w_null extension included), without Lightning's logging."""
+    from ehrlab.models.cxr.ehrxdiff import add_null_samples
+
+    if model.null_share > 0:
+        batch, source = add_null_samples(batch, model.null_share, model.hparams.null_rotation_degrees,
+                                         model.null_scale)
+        return batch, model.networks(ema=False), source
+    return batch, model.networks(ema=False)
+
+
+def sampling(name: str, batches: int, batch_size: int | None) -> dict:
+    model, configured, image_size = build(name)
+    batch_size = batch_size or configured
+    model.forecast(phantom_batch(2, image_size), seed=0)  # warm-up
+    start = time.perf_counter()
+    for index in range(batches):
+        model.forecast(phantom_batch(batch_size, image_size, seed=100 + index), seed=0)
+    seconds = time.perf_counter() - start
+    images = batches * batch_size
+    return {"measure": f"sample {name}", "batch": batch_size, "sampling_steps": model.sampling_steps,
+            "images_per_s": images / seconds, "ms_per_image_and_step": 1000 * seconds / images / model.sampling_steps,
+            "peak_gib": peak_gib()}
+
+
+def child(args: list[str]) -> dict:
+    """One measurement in its own process (its own peak memory)."""
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *args],
+                            check=False, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        return {"measure": " ".join(args), "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
+    parser.add_argument("--sample-batches", type=int, default=2, help="timed sampling batches")
+    parser.add_argument("--skip-paper", action="store_true", help="leave out the paper-size step at batch 1")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        kind, name, batch = args.child[0], args.child[1], int(args.child[2]) or None
+        result = (train_steps(name, args.steps, batch) if kind == "train" else
+                  sampling(name, args.sample_batches, batch))
+        print(json.dumps(result))
+        return
+    common = [f"--threads={args.threads or torch.get_num_threads()}", f"--steps={args.steps}",
+              f"--sample-batches={args.sample_batches}"]
+    jobs = [["train", "ehrxdiff_small", "0"], ["train", "ehrxdiff_small_wnull", "0"], ["sample", "ehrxdiff_small", "0"]]
+    if not args.skip_paper:
+        jobs.append(["train", "ehrxdiff", "1"])
+    print(f"{torch.get_num_threads() if not args.threads else args.threads} threads")
+    print("| measure | batch | result | peak RSS (GiB) |")
+    print("|---|---:|---|---:|")
+    for job in jobs:
+        result = child(job + common)
+        if "error" in result:
+            print(f"| {result['measure']} | | error: {result['error']} | |", flush=True)
+        elif result["measure"].startswith("train"):
+            print(f"| {result['measure']} ({result['image_size']}², {result['trained_parameters'] / 1e6:.1f} M trained) "
+                  f"| {result['batch']} | {result['s_per_step']:.2f} s / step ({result['ms_per_pair']:.0f} ms / pair) "
+                  f"| {result['peak_gib']:.2f} |", flush=True)
+        else:
+            print(f"| {result['measure']} (DDIM {result['sampling_steps']} steps) | {result['batch']} "
+                  f"| {result['images_per_s']:.2f} images / s ({result['ms_per_image_and_step']:.1f} ms per image "
+                  f"and step) | {result['peak_gib']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
