@@ -329,6 +329,9 @@ def test_cached_conditions_give_the_same_loss(train_clip):
     other = rows_of(batch, [4, 2, 0])
     assert loss(model, other) == pytest.approx(loss(plain, other), rel=1e-5)
     assert len(model._feature_cache) == 5
+    if not train_clip:  # a pair id must stand for one pair
+        with pytest.raises(RuntimeError, match="another number of events"):
+            loss(model, fake_batch(n_pairs=5, n_events=[1, 1, 1, 1, 1]))
     model.on_fit_end()
     assert not model._feature_cache
 

@@ -459,6 +459,11 @@ class EHRXDiff(ImageForecaster):
                     entry["table"] = entry["table"][:lengths[index]].clone()
                 self._feature_cache[ids[row]] = entry
         entries = [self._feature_cache[pair] for pair in ids]
+        if "table" in cached:
+            lengths = batch["event_mask"].sum(dim=1).tolist()
+            if any(len(entry["table"]) != length for entry, length in zip(entries, lengths, strict=True)):
+                raise RuntimeError("cache_conditions: a pair id came back with another number of events; the "
+                                   "cache needs each pair id to stand for one pair (the task's pair ids do)")
         device = batch["prev_image"].device
         for key in cached:
             if key == "table":
