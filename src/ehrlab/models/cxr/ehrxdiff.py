@@ -291,7 +291,12 @@ class EHRXDiff(ImageForecaster):
 
         # The frozen autoencoder (§3.2): its weights are part of this model's state dict, so an
         # EHRXDiff checkpoint stands on its own.
-        architecture = plain(autoencoder)
+        architecture = plain(autoencoder) or {}
+        keys = ("block_out_channels", "latent_channels", "layers_per_block")
+        if any(key not in architecture for key in keys):
+            raise UserInputError(f"model.autoencoder needs {list(keys)} (the autoencoder run's model.architecture), "
+                                 f"got {sorted(architecture)}.")
+        architecture = {key: architecture[key] for key in keys}
         self.autoencoder = build_autoencoder(image_size, **architecture)
         self.register_buffer("latent_scale", torch.tensor(PAPER_LATENT_SCALE))
         if autoencoder_checkpoint:
