@@ -57,7 +57,7 @@ def fake_batch(n_pairs: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def autoencoder(lr: float = 1e-3, architecture=TINY, **options) -> CXRAutoencoder:
-    return CXRAutoencoder(FINDINGS, event_dim=4, image_size=S, max_events=2, architecture=dict(architecture),
+    return CXRAutoencoder(FINDINGS, event_dim=4, image_size=S, max_events=2, architecture=architecture,
                           optimizer=functools.partial(torch.optim.Adam, lr=lr), **options)
 
 
@@ -162,7 +162,7 @@ def test_a_fixed_latent_scale_is_kept():
 
 def test_checkpoint_round_trip_and_part_loading(tmp_path):
     torch.manual_seed(0)
-    model = autoencoder()
+    model = autoencoder(architecture=OmegaConf.create(TINY))  # as Hydra passes it
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, accelerator="cpu", num_sanity_val_steps=0)
     trainer.fit(model, loader(2), loader(1))
@@ -231,6 +231,8 @@ def test_bad_pretrained_folders_are_user_errors(tmp_path):
         weights.write_bytes(b"not a safetensors file")
     with pytest.raises(UserInputError, match="could not be loaded"):
         autoencoder(pretrained=str(broken))
+    with pytest.raises(UserInputError, match="lacks latent_channels"):
+        autoencoder(architecture={"block_out_channels": [4, 8], "layers_per_block": 1})
     garbled = tmp_path / "garbled"
     garbled.mkdir()
     (garbled / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "in_channels": "x"}))

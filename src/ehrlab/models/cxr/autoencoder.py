@@ -54,6 +54,8 @@ PAPER_LATENT_SCALE = 0.18215
 AUTOENCODER_KEY = "autoencoder"
 #: LDM's group normalisation has 32 groups (all of Cheff's widths are multiples of 32)
 MAX_NORM_GROUPS = 32
+#: the keys of `build_autoencoder`'s architecture (``model.architecture``)
+ARCHITECTURE_KEYS = ("block_out_channels", "latent_channels", "layers_per_block")
 
 
 def to_autoencoder_range(images: Tensor) -> Tensor:
@@ -125,6 +127,17 @@ def grey_weights(state_dict: dict[str, Tensor], channels: int) -> dict[str, Tens
     return weights
 
 
+def plain_architecture(architecture) -> dict:
+    """``{block_out_channels: [int, …], latent_channels: int, layers_per_block: int}`` from a dict or
+    DictConfig (other keys are left out); a missing key is a UserInputError."""
+    missing = [key for key in ARCHITECTURE_KEYS if key not in architecture]
+    if missing:
+        raise UserInputError(f"model.architecture lacks {', '.join(missing)} (it needs {', '.join(ARCHITECTURE_KEYS)}).")
+    return {"block_out_channels": [int(c) for c in architecture["block_out_channels"]],
+            "latent_channels": int(architecture["latent_channels"]),
+            "layers_per_block": int(architecture["layers_per_block"])}
+
+
 def load_pretrained_autoencoder(path: str | Path, image_size: int, architecture: dict) -> AutoencoderKL:
     """The grey autoencoder of `architecture` with the weights of the diffusers folder at `path`
     (``AutoencoderKL.save_pretrained``: config.json + weights), a 1- or 3-channel autoencoder
@@ -149,9 +162,7 @@ def load_pretrained_autoencoder(path: str | Path, image_size: int, architecture:
                              "channels; a grey (1) or RGB (3) autoencoder is needed.")
     theirs = {"block_out_channels": [int(c) for c in config.block_out_channels],
               "latent_channels": int(config.latent_channels), "layers_per_block": int(config.layers_per_block)}
-    ours = {"block_out_channels": [int(c) for c in architecture["block_out_channels"]],
-            "latent_channels": int(architecture["latent_channels"]),
-            "layers_per_block": int(architecture["layers_per_block"])}
+    ours = plain_architecture(architecture)
     if theirs != ours:
         raise UserInputError(f"{role}={path} has the architecture {theirs}, model.architecture says {ours}: set "
                              "model.architecture to the pretrained autoencoder's.")
@@ -206,8 +217,10 @@ class CXRAutoencoder(ImageForecaster):
                  kl_weight: float = 1e-6, ssim_weight: float = 1.0, latent_scale: float | None = None,
                  pretrained: str | None = None, early_stopping_patience: int | None = 10):
         super().__init__(findings, event_dim, image_size, max_events, early_stopping_patience)
+        # Plain numbers before save_hyperparameters reads them: Hydra passes a DictConfig whose
+        # list would reach the checkpoint as its repr, not as a list.
+        architecture = plain_architecture(architecture)
         self.save_hyperparameters()
-        architecture = {key: architecture[key] for key in ("block_out_channels", "latent_channels", "layers_per_block")}
         if pretrained:
             self.autoencoder = load_pretrained_autoencoder(pretrained, image_size, architecture)
         else:
@@ -348,5 +361,5 @@ class CXRAutoencoder(ImageForecaster):
                                  "interval": "epoch"}}
 
 
-__all__ = ["AUTOENCODER_KEY", "PAPER_LATENT_SCALE", "CXRAutoencoder", "build_autoencoder", "from_autoencoder_range",
-           "load_pretrained_autoencoder", "to_autoencoder_range"]
+__all__ = ["ARCHITECTURE_KEYS", "AUTOENCODER_KEY", "PAPER_LATENT_SCALE", "CXRAutoencoder", "build_autoencoder", "from_autoencoder_range",
+           "load_pretrained_autoencoder", "plain_architecture", "to_autoencoder_range"]
