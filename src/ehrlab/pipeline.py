@@ -170,8 +170,8 @@ def pretrain_parts(cfg: DictConfig, family: Family, task_data, run_dir: Path) ->
     and CLIP encoders) unless the model already names their checkpoints; returns their test
     metrics as ``pretrain/<name>/…``.
 
-    A part is a model of the same family with its own config block (``model``, ``data.batch_size``
-    and ``trainer`` overrides: what ``model=cxr_vae`` would run) and fills the model option
+    A part is a model of the same family with its own config block (``model``, ``data.batch_size``,
+    ``epochs`` and ``trainer`` overrides: what ``model=cxr_vae`` would run) and fills the model option
     ``<name>_checkpoint`` (``pretrain.<name>.train=false`` leaves the part untrained: the model
     starts it from scratch). It is trained once per prepared data, part config and seed, as a run
     of its own in ``<cache>/pretrained/<name>-<key>/`` (single device, no logger), and later runs
@@ -223,6 +223,8 @@ def part_config(cfg: DictConfig, part: DictConfig) -> DictConfig:
         part_cfg.stage, part_cfg.resume, part_cfg.ckpt_path = "all", None, None
         part_cfg.data = OmegaConf.merge(cfg.data, part.get("data", {}))
         part_cfg.trainer = OmegaConf.merge(cfg.trainer, part.get("trainer", {}), {"devices": 1, "num_nodes": 1})
+        if part.get("epochs") is not None:  # the part's own `epochs:` (what it declares run alone)
+            part_cfg.trainer.max_epochs = part.epochs
         if "strategy" in part_cfg.trainer:
             part_cfg.trainer.strategy = "auto"
     return part_cfg
