@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pandas as pd
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from support import MIMIC3_TINY, MIMIC4_DEMO, MIMIC_CXR_TINY, compose_config, model_arguments
 
 from ehrlab.config import CONFIG_DIR, SWEEPS_DIR
 from ehrlab.models.base import PAD_CODE
+from ehrlab.models.cxr.autoencoder import CXRAutoencoder
 from ehrlab.models.cxr.base import ImageForecaster
 from ehrlab.models.cxr.baselines import TableClassifier, TableClassifierPrevLabel
+from ehrlab.models.cxr.clip import CXRCLIP
+from ehrlab.models.cxr.ehrxdiff import EHRXDiff
 from ehrlab.models.generative.gpt import GPTBaseline
 from ehrlab.models.generative.halo import HALO
 from ehrlab.models.risk.base import RiskPredictor
@@ -66,7 +72,7 @@ def model_values(cfg) -> dict:
     """What a model config promises, read from the module it builds: its layer sizes, its
     optimiser and schedule as `configure_optimizers()` makes them, its monitor; and the
     gradient clipping it sets for the trainer (the one clipping rule)."""
-    module = instantiate(cfg.model, **model_arguments(cfg.model, VOCABULARY))
+    module = build(cfg)
     values = {"class": type(module).__name__, "monitor": (module.monitor, module.monitor_mode),
               "gradient_clip_val": OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)}
     if isinstance(module, RiskPredictor):
@@ -126,6 +132,27 @@ def model_values(cfg) -> dict:
                    **optimizer_values(module.configure_optimizers())}
     if isinstance(module, ImageForecaster):
         values |= {"output": module.output, "trainable": module.trainable}
+    if isinstance(module, (CXRAutoencoder, CXRCLIP, EHRXDiff)):
+        values |= {"epochs": cfg.trainer.max_epochs, "batch_size": cfg.data.batch_size, "image_size": cfg.data.image_size}
+        values |= optimizer_values(module.configure_optimizers())
+    if isinstance(module, CXRAutoencoder):
+        values |= {"channels": tuple(module.autoencoder.config.block_out_channels),
+                   "latent_channels": module.autoencoder.config.latent_channels,
+                   "layers_per_block": module.autoencoder.config.layers_per_block}
+    if isinstance(module, CXRCLIP):
+        vit = module.image_encoder.vit.config
+        values |= {"clip_dim": vit.hidden_size, "image": (vit.patch_size, vit.num_hidden_layers, vit.num_attention_heads),
+                   "table_layers": len(module.table_encoder.transformer.layers),
+                   "embed_dim": module.image_projection.out_features}
+    if isinstance(module, EHRXDiff):
+        unet = module.unet.config
+        values |= {"unet": (tuple(unet.block_out_channels), unet.layers_per_block),
+                   "n_context": module.hparams.n_context, "conditioning": dict(module.conditioning),
+                   "diffusion": (module.train_timesteps, module.hparams.beta_start, module.hparams.beta_end,
+                                 module.hparams.beta_schedule),
+                   "sampling": (module.sampling_steps, module.eta, module.sampling_seeds),
+                   "null_share": module.null_share, "train_clip": module.train_clip,
+                   "parts": tuple(sorted(cfg.pretrain))}
     if isinstance(module, GPTBaseline):
         transformer = module.gpt.transformer
         module._trainer = SimpleNamespace(estimated_stepping_batches=100)  # what the schedule reads
@@ -194,6 +221,23 @@ TABLE_CLASSIFIER = {  # seed 004 §4.4, Appendix B.1 (2 layers, 24 heads) and B.
     "early_stopping_patience": 10, "optimizer": "AdamW", "lr": 1e-4, "weight_decay": 0.01,
 }
 CXR_RULE = {"monitor": ("val/loss", "min"), "gradient_clip_val": None, "trainable": False}  # seed 004 §4.4
+CXR_PART = {"monitor": ("val/loss", "min"), "gradient_clip_val": None, "trainable": True, "output": "encoder"}
+CXR_VAE = CXR_PART | {  # Cheff's autoencoder (REFERENCES.md): 256² → 3 × 64 × 64; LDM's Adam (0.5, 0.9)
+    "class": "CXRAutoencoder", "channels": (128, 256, 512), "latent_channels": 3, "layers_per_block": 2,
+    "epochs": 100, "batch_size": 32, "image_size": 256, "optimizer": "Adam", "lr": 2.88e-4, "weight_decay": 0}
+CXR_CLIP = CXR_PART | {  # Appendix B.1: ViT-B/32 at 256² (65 tokens of 768), 2-layer table encoder, AdamW 5e-4 wd 0.2
+    "class": "CXRCLIP", "clip_dim": 768, "image": (32, 12, 12), "table_layers": 2, "embed_dim": 512, "epochs": 100,
+    "batch_size": 1024, "image_size": 256, "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.2}
+EHRXDIFF = {  # §3.3, §4.5 and the authors' config (REFERENCES.md)
+    "class": "EHRXDiff", "monitor": ("val/loss", "min"), "gradient_clip_val": None, "trainable": True,
+    "output": "image", "unet": ((224, 448, 896, 896), 2), "n_context": 1024,
+    "conditioning": {"vae_concat": False, "vae_cross_attention": True, "clip_image": True, "table": True},
+    "diffusion": (1000, 0.0015, 0.0295, "scaled_linear"), "sampling": (100, 1.0, (0, 1, 2)), "null_share": 0.0,
+    "train_clip": True, "parts": ("autoencoder", "clip"), "epochs": 100, "batch_size": 128, "image_size": 256,
+    "optimizer": "AdamW", "lr": 5e-5, "weight_decay": 0.01}
+EHRXDIFF_SMALL = EHRXDIFF | {  # CPU size (conf/model/ehrxdiff_small.yaml)
+    "unet": ((32, 64, 64), 2), "n_context": 64, "sampling": (50, 1.0, (0, 1, 2)), "train_clip": False, "epochs": 15,
+    "batch_size": 32, "image_size": 64, "optimizer": "AdamW", "lr": 2e-4, "weight_decay": 0.01}
 MODELS = {
     "lstm": LSTM,
     "lstm_plain": LSTM | {"d_f": None, "time_aware": False},  # Table 2's LSTM: no time embedding
@@ -216,7 +260,25 @@ MODELS = {
     "previous_label": CXR_RULE | {"class": "PreviousLabel", "output": "labels"},
     "table_classifier": TABLE_CLASSIFIER,
     "table_classifier_prevlabel": TABLE_CLASSIFIER | {"class": "TableClassifierPrevLabel", "prev_label_token": True},
+    "cxr_vae": CXR_VAE,
+    "cxr_vae_small": CXR_VAE | {"channels": (16, 32, 32), "layers_per_block": 1, "epochs": 2, "image_size": 64,
+                                "lr": 1e-3},
+    "cxr_clip": CXR_CLIP,
+    "cxr_clip_small": CXR_CLIP | {"clip_dim": 128, "image": (8, 2, 4), "table_layers": 1, "embed_dim": 128,
+                                  "epochs": 8, "batch_size": 128, "image_size": 64},
+    "ehrxdiff": EHRXDIFF,
+    "ehrxdiff_wnull": EHRXDIFF | {"null_share": 0.5},  # B.2: one no-change triple per pair
+    "ehrxdiff_small": EHRXDIFF_SMALL,
+    "ehrxdiff_small_wnull": EHRXDIFF_SMALL | {"null_share": 0.5},
 }
+
+
+def build(cfg):
+    """The model of `cfg`, on the meta device when it is the paper-size EHRXDiff (600 M
+    parameters: tests/models/test_cxr_ehrxdiff.py counts them) so that no memory is spent."""
+    paper_size = cfg.model._target_.endswith(".EHRXDiff") and cfg.data.image_size == 256
+    with torch.device("meta") if paper_size else contextlib.nullcontext():
+        return instantiate(cfg.model, **model_arguments(cfg.model, VOCABULARY))
 
 
 def test_every_model_option_has_its_expected_values():
@@ -226,7 +288,7 @@ def test_every_model_option_has_its_expected_values():
 @pytest.mark.parametrize("model", options("model"))
 def test_model_configs_instantiate(compose, model):
     cfg = compose(f"model={model}")
-    module = instantiate(cfg.model, **model_arguments(cfg.model, VOCABULARY))
+    module = build(cfg)
     assert isinstance(module, pl.LightningModule)
     assert model_values(cfg) == MODELS[model]
     # The built Trainer applies it (by norm, Lightning's default).

@@ -4,6 +4,7 @@ cxr_forecast task, the four baselines of seed 004 §4.4 and the evaluation, end 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,46 @@ def test_a_missing_image_stops_the_command_with_exit_status_2(tmp_path, cache_di
                      "logger=none", env_extra={"EHRLAB_CACHE": str(cache_dir)})
     assert result.returncode == 2
     assert "2.png" in result.stderr and "Traceback" not in result.stderr
+
+
+# ehrxdiff_small shrunk further: 32² images, parts and UNet of a few channels, 5 DDIM steps.
+TINY_EHRXDIFF = [
+    *TINY_CXR, "model=ehrxdiff_small", "data.image_size=32",
+    "pretrain.autoencoder.model.architecture.block_out_channels=[8,8,8]",
+    "pretrain.clip.model.architecture.clip_dim=32", "pretrain.clip.model.architecture.embed_dim=16",
+    "pretrain.clip.model.architecture.image.n_layers=1", "pretrain.clip.model.architecture.image.n_heads=2",
+    "pretrain.clip.model.architecture.table.n_layers=1",
+    "model.n_context=8", "model.context_dim=16", "model.unet.block_out_channels=[16,16]",
+    "model.unet.attention_levels=[1]", "model.unet.n_heads=2", "model.sampling_steps=5",
+]
+
+
+def test_one_command_trains_the_parts_once_then_ehrxdiff_and_evaluates_three_sampling_seeds(
+        make_config, runs, cache_dir, tmp_path, caplog):
+    """Issue 12 item 7: the autoencoder and the CLIP encoders are trained first (once per data,
+    part config and seed) and reused by the next run; the run records the checkpoints it used."""
+    import logging
+
+    import yaml
+
+    first = pipeline.run(make_config(*TINY_EHRXDIFF, run_dir=tmp_path / "first"))
+    for key in ("test/auroc_all", "test/auroc_all_std", "test/fid", "test/fid_std",
+                "pretrain/autoencoder/test/psnr", "pretrain/clip/test/retrieval_top1_image_to_events"):
+        assert key in first, key
+    config = yaml.safe_load((tmp_path / "first" / "config.yaml").read_text())
+    parts = {name: Path(config["model"][f"{name}_checkpoint"]) for name in ("autoencoder", "clip")}
+    for name, checkpoint in parts.items():
+        assert checkpoint.is_file() and checkpoint.parent.parent.parent == cache_dir / "pretrained", checkpoint
+    written = {name: checkpoint.stat().st_mtime_ns for name, checkpoint in parts.items()}
+    assert sorted(p.name for p in (tmp_path / "first" / "forecasts").glob("seed_*.npz")) == [
+        "seed_0.npz", "seed_1.npz", "seed_2.npz"]
+    with caplog.at_level(logging.INFO, logger="ehrlab.pipeline"):
+        second = pipeline.run(make_config(*TINY_EHRXDIFF, run_dir=tmp_path / "second"))
+    assert {name: checkpoint.stat().st_mtime_ns for name, checkpoint in parts.items()} == written
+    assert sum("reusing" in record.getMessage() for record in caplog.records) == 2
+    # the same parts and the same seed: the same model, whether the parts were trained now or read back
+    for key in ("test/auroc_all", "test/fid", "pretrain/autoencoder/test/psnr"):
+        assert second[key] == pytest.approx(first[key], nan_ok=True), key
+    assert (tmp_path / "first" / "forecasts" / "seed_1.npz").read_bytes() == \
+        (tmp_path / "second" / "forecasts" / "seed_1.npz").read_bytes()
+
