@@ -23,6 +23,7 @@ from ehrlab.models.cxr.clip import (
     build_clip_encoders,
     contrastive_logits,
     retrieval_accuracy,
+    subsample_events,
     symmetric_contrastive_loss,
 )
 from ehrlab.models.cxr.parts import load_part
@@ -272,3 +273,35 @@ def test_model_configs_build_their_model(name, image_size, tokens, width, batch_
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.2, 0.0]
     assert model.hparams.optimizer.keywords["betas"] == [0.9, 0.98] and type(model.hparams.optimizer.keywords[
         "betas"]) is list
+
+
+def test_subsampled_events_are_distinct_real_events_of_the_same_pair():
+    batch = fake_batch(n_pairs=16)
+    n_real = batch["event_mask"].sum(1)
+    events, mask = subsample_events(batch["events"], batch["event_mask"], 3, torch.Generator().manual_seed(0))
+    assert events.shape == (16, 3, D) and mask.shape == (16, 3)
+    assert torch.equal(mask.sum(1), n_real.clamp(max=3))
+    for pair in range(16):
+        real = batch["events"][pair][batch["event_mask"][pair]]
+        kept = events[pair][mask[pair]]
+        matches = (kept.unsqueeze(1) == real.unsqueeze(0)).all(-1)  # kept × real
+        assert (matches.sum(1) == 1).all() and (matches.sum(0) <= 1).all()  # each kept event is one distinct real one
+    again, _ = subsample_events(batch["events"], batch["event_mask"], 3, torch.Generator().manual_seed(1))
+    assert not torch.equal(events, again)  # a new draw each step
+    same = subsample_events(batch["events"], batch["event_mask"], E)
+    assert same[0] is batch["events"] and same[1] is batch["event_mask"]  # nothing to drop
+
+
+def test_training_steps_see_at_most_train_max_events_while_evaluation_sees_all(monkeypatch):
+    model = clip(train_max_events=2)
+    seen = []
+    original = model.embed_events
+    monkeypatch.setattr(model, "embed_events", lambda events, mask: seen.append(mask.shape[1]) or original(events, mask))
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    batch = fake_batch()
+    model.training_step(batch, 0)
+    model.validation_step(batch, 0)
+    model.test_metrics([batch])
+    assert seen == [2, E, E]
+    with pytest.raises(UserInputError, match="train_max_events=0"):
+        clip(train_max_events=0)

@@ -30,6 +30,13 @@ Decisions where the paper is silent or differs from what we can run:
   each through a bias-free linear map to ``embed_dim`` and L2-normalised; logits are cosine
   similarities × a learned temperature ``exp(t)``, t initialised at ln(1/0.07) and the scale
   clamped at 100; the loss is the mean of the image→events and events→image cross-entropies.
+- ``train_max_events`` (off at paper size): each training step keeps a random subset of at
+  most that many of a pair's real events, the way FLIP (Li et al. 2023, "Scaling
+  language-image pre-training via masking") drops tokens to train CLIP faster; the pooled
+  table embedding is a mean, which a random subset estimates. The cost of the table encoder
+  grows with the batch's longest event list (~250 on the default phantom, 1,024 in the paper),
+  so on a CPU this is what makes the small configuration train in minutes. Validation, test
+  and every encoder use by other models see all events.
 - Weight decay 0.2 (B.1) applies to the matrices only, not to biases, norms or the
   temperature, as CLIP's training does; B.1's "initial learning rate" names no schedule, so
   none is the default (``scheduler`` takes one).
@@ -156,6 +163,22 @@ def retrieval_accuracy(similarity: Tensor, k: int) -> float:
     return (ranks <= k).float().mean().item()
 
 
+def subsample_events(events: Tensor, event_mask: Tensor, limit: int,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """At most `limit` of each pair's real events, drawn uniformly without replacement:
+    ``events`` [B, min(E, limit), D] and their mask (pairs with fewer keep all of theirs).
+
+    Order is not kept: the table encoder has no positional embedding (the events are a set).
+    """
+    if events.shape[1] <= limit:
+        return events, event_mask
+    scores = torch.rand(event_mask.shape, generator=generator, device=event_mask.device)
+    scores = scores.masked_fill(~event_mask, -1.0)  # real events first, in random order
+    keep = scores.topk(limit, dim=1).indices
+    chosen = events.gather(1, keep.unsqueeze(-1).expand(-1, -1, events.shape[-1]))
+    return chosen, event_mask.gather(1, keep)
+
+
 class CXRCLIP(ImageForecaster):
     """Seed 004's CXR-EHR CLIP pretraining (Appendix B.1): the previous image of each training
     pair against the events that follow it, contrastively (see the module's notes).
@@ -169,6 +192,8 @@ class CXRCLIP(ImageForecaster):
         optimizer: ``optimizer(params=...)`` (a ``_partial_`` node; AdamW 5e-4, wd 0.2, β (0.9,
             0.98) in B.1); it receives two parameter groups, the second with weight decay 0.
         scheduler: ``scheduler(optimizer=...)`` or None, stepped each epoch on ``val/loss``.
+        train_max_events: in training steps, at most this many random real events per pair
+            (:func:`subsample_events`; see the module's notes); None: all (the paper).
         early_stopping_patience: validation epochs without a lower ``val/loss`` before stopping.
 
     ``val/loss`` is the contrastive loss within each validation batch: it depends on the batch
@@ -179,9 +204,14 @@ class CXRCLIP(ImageForecaster):
 
     def __init__(self, findings: list[str], event_dim: int, image_size: int, max_events: int,
                  architecture: Mapping, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, early_stopping_patience: int | None = 10):
+                 scheduler: Callable[..., Any] | None = None, train_max_events: int | None = None,
+                 early_stopping_patience: int | None = 10):
         super().__init__(findings, event_dim, image_size, max_events, early_stopping_patience)
+        if train_max_events is not None and train_max_events < 1:
+            raise UserInputError(f"model.train_max_events={train_max_events}: give a positive number of events, "
+                                 "or null for all of them.")
         self.save_hyperparameters()
+        self.train_max_events = train_max_events
         self.image_encoder, self.table_encoder = build_clip_encoders(image_size, event_dim, architecture)
         clip_dim = int(architecture["clip_dim"])
         embed_dim = int(architecture.get("embed_dim") or clip_dim)
@@ -206,6 +236,9 @@ class CXRCLIP(ImageForecaster):
                                   self.embed_events(batch["events"], batch["event_mask"]), self.logit_scale)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.train_max_events is not None:
+            events, event_mask = subsample_events(batch["events"], batch["event_mask"], self.train_max_events)
+            batch = dict(batch, events=events, event_mask=event_mask)
         loss = symmetric_contrastive_loss(self(batch))
         batch_size = len(batch["pair_id"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
