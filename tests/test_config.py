@@ -265,7 +265,7 @@ MODELS = {
                                 "lr": 1e-3},
     "cxr_clip": CXR_CLIP,
     "cxr_clip_small": CXR_CLIP | {"clip_dim": 128, "image": (8, 2, 4), "table_layers": 1, "embed_dim": 128,
-                                  "epochs": 8, "batch_size": 128, "image_size": 64},
+                                  "epochs": 4, "batch_size": 128, "image_size": 64},
     "ehrxdiff": EHRXDIFF,
     "ehrxdiff_wnull": EHRXDIFF | {"null_share": 0.5},  # B.2: one no-change triple per pair
     "ehrxdiff_small": EHRXDIFF_SMALL,
