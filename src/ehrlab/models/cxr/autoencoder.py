@@ -353,12 +353,7 @@ class CXRAutoencoder(ImageForecaster):
         return loss(x, y).flatten(1).mean(dim=1)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "monitor": self.monitor,
-                                 "interval": "epoch"}}
+        return self.optimizers_for(self.parameters())
 
 
 __all__ = ["ARCHITECTURE_KEYS", "AUTOENCODER_KEY", "PAPER_LATENT_SCALE", "CXRAutoencoder", "build_autoencoder", "from_autoencoder_range",

@@ -78,6 +78,17 @@ class ImageForecaster(pl.LightningModule):
         """The model's forecast for a batch already on its device (see :meth:`forecast`)."""
         raise NotImplementedError
 
+    def optimizers_for(self, parameters) -> Any:
+        """``configure_optimizers``'s answer for the config's ``optimizer`` (a partial taking
+        ``params``) and ``scheduler`` (None, or a partial taking ``optimizer``, stepped each
+        epoch on :attr:`monitor`), the two hyperparameters every trained forecaster has."""
+        optimizer = self.hparams.optimizer(params=parameters)
+        if self.hparams.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "monitor": self.monitor,
+                                 "interval": "epoch"}}
+
     def test_metrics(self, dataloader) -> dict[str, float]:
         """A part's (``output == "encoder"``) own measures on the test pairs, keys ``test/…``
         (an autoencoder's reconstruction error, the CLIP encoders' retrieval accuracy)."""

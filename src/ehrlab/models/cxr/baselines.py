@@ -180,12 +180,7 @@ class TableClassifier(ImageForecaster):
             self.log("val/auroc", auroc, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "monitor": self.monitor,
-                                 "interval": "epoch"}}
+        return self.optimizers_for(self.parameters())
 
 
 class TableClassifierPrevLabel(TableClassifier):

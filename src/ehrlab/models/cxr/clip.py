@@ -283,9 +283,4 @@ class CXRCLIP(ImageForecaster):
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameter_groups())
-        if self.hparams.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "monitor": self.monitor,
-                                 "interval": "epoch"}}
+        return self.optimizers_for(self.parameter_groups())

@@ -597,12 +597,7 @@ class EHRXDiff(ImageForecaster):
 
     def configure_optimizers(self):
         parameters = [p for name in self.trained_names() for p in getattr(self, name).parameters() if p.requires_grad]
-        optimizer = self.hparams.optimizer(params=parameters)
-        if self.hparams.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "monitor": self.monitor,
-                                 "interval": "epoch"}}
+        return self.optimizers_for(parameters)
 
     # -------------------------------------------------------------------------------- sampling
 
