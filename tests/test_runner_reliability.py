@@ -242,3 +242,15 @@ def test_sources_cannot_hold_ids_in_the_synthetic_range():
     with pytest.raises(UserInputError, match="outside 0"):
         conform_events(events)
     assert len(conform_static(static.iloc[:1])) == 1
+
+
+def test_plain_data_turns_config_lists_into_lists():
+    """A Hydra ListConfig in a model's hyperparameters (an architecture's channel list) reaches
+    the checkpoint as a list, not as its repr."""
+    from omegaconf import OmegaConf
+
+    from ehrlab.checkpoints import plain_data
+
+    node = OmegaConf.create({"architecture": {"block_out_channels": [8, 16, 32]}, "betas": (0.9, 0.98)})
+    assert plain_data(node) == {"architecture": {"block_out_channels": [8, 16, 32]}, "betas": [0.9, 0.98]}
+    assert plain_data("abc") == "abc"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import pickle
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def plain_data(value: Any) -> Any:
         return qualified_name(value)
     if isinstance(value, dict) or hasattr(value, "items"):
         return {str(k): plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # lists, tuples, OmegaConf ListConfig
         return [plain_data(v) for v in value]
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
