@@ -11,7 +11,6 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from ehrlab.checkpoints import FINDINGS_KEY, load_model_weights, read_checkpoint
 from ehrlab.errors import UserInputError
@@ -28,6 +27,7 @@ from ehrlab.models.cxr.clip import (
 )
 from ehrlab.models.cxr.parts import load_part
 from ehrlab.models.cxr.table_encoder import TABLE_ENCODER_KEY
+from test_cxr_baselines import BatchList  # a datamodule over ready-made batches
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 FINDINGS = ["chexpert:Edema", "chexpert:Pleural Effusion"]
@@ -174,18 +174,6 @@ def test_test_metrics_rank_all_test_pairs_at_once():
     # Over 7 pairs a top-5 hit is not guaranteed, while a pair-by-pair batch of 3 or 4 always hits.
     assert metrics["test/retrieval_top5_image_to_events"] <= 1.0
     assert model.test_metrics([fake_batch(4, seed=1)])["test/retrieval_top5_events_to_image"] == 1.0
-
-
-class BatchList(pl.LightningDataModule):
-    def __init__(self, train: list[dict], val: list[dict]):
-        super().__init__()
-        self.train, self.val = train, val
-
-    def train_dataloader(self):
-        return DataLoader(self.train, batch_size=None, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(self.val, batch_size=None)
 
 
 @pytest.fixture(scope="module")
