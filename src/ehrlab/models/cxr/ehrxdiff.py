@@ -65,6 +65,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
+from ehrlab.checkpoints import read_checkpoint
 from ehrlab.errors import UserInputError
 from ehrlab.models.cxr.adapter import FusionAdapter
 from ehrlab.models.cxr.augment import random_affine
@@ -374,9 +375,10 @@ class EHRXDiff(ImageForecaster):
     def _load_clip(self, path: Path) -> None:
         hint = ("model.clip must be the CLIP run's model.architecture, at its data.image_size and with the same "
                 "text encoder (event width).")
+        checkpoint = read_checkpoint(path, role="model.clip_checkpoint")  # read once for both encoders
         for name, encoder in ((IMAGE_ENCODER_KEY, self.image_encoder), (TABLE_ENCODER_KEY, self.table_encoder)):
             if encoder is not None:
-                load_part(encoder, path, name, role="model.clip_checkpoint", hint=hint)
+                load_part(encoder, path, name, role="model.clip_checkpoint", hint=hint, checkpoint=checkpoint)
 
     def trained_names(self) -> list[str]:
         """The modules the optimiser trains (and the EMA averages)."""

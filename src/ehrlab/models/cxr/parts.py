@@ -33,7 +33,7 @@ def part_weights(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor
 
 
 def load_part(module: nn.Module, path: str | Path, prefix: str, role: str, hint: str,
-              skip: Iterable[str] = ()) -> dict:
+              skip: Iterable[str] = (), checkpoint: dict | None = None) -> dict:
     """Load `module` from the weights under `prefix` in the checkpoint at `path`; returns the checkpoint.
 
     Args:
@@ -43,8 +43,11 @@ def load_part(module: nn.Module, path: str | Path, prefix: str, role: str, hint:
         role: the config option that named the file (for messages: ``model.clip_checkpoint``).
         hint: what to do when the part does not fit (which options must match the part's run).
         skip: name prefixes inside the part that are not loaded (a projection `module` lacks).
+        checkpoint: the file's content when the caller has read it already (several parts
+            from one file); `path` then only names it in messages.
     """
-    checkpoint = read_checkpoint(path, role=role)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path, role=role)
     skip = tuple(skip)
     weights = {name: value for name, value in part_weights(checkpoint["state_dict"], prefix).items()
                if not (skip and name.startswith(skip))}
