@@ -9,7 +9,14 @@ subclass implements two things:
 - ``sample_codes(n, generator) -> (patient, visit, code_id)``: three equal-length int64
   tensors, one entry per generated code of ``n`` new patients, sampled with ``generator``
   only, in any order, repeats allowed. The base batches patients, drops repeated codes
-  within a visit, numbers visits densely, and turns ids into code strings.
+  within a visit, numbers visits densely, and turns ids into code strings. A generator of
+  counts (MedGAN's count mode) returns a fourth tensor, ``count`` (int64 >= 1): the table
+  then has a ``count`` column, and repeats of a code within a visit add their counts.
+
+``flat`` says whether the generator models a patient as one multi-hot (or count) vector,
+emitting a single pseudo-visit (MedGAN, CorGAN: seed 002 §2.1, Table 12), or as a sequence
+of visits; seed 002's per-family discriminator score reads it (Random Forest for flat
+generators, LSTM for sequential ones, Appendix E).
 
 The long table follows ``ehrlab.data.schema.LONG_COLUMNS``: ``subject_id`` 0..n-1,
 ``visit_id`` 0-based visit index within the patient, ``code`` a vocabulary string. Visits
@@ -52,22 +59,27 @@ def dense_visit_index(patient: torch.Tensor, visit: torch.Tensor) -> torch.Tenso
 
 
 def _sorted_unique(
-    patient: torch.Tensor, visit: torch.Tensor, code: torch.Tensor, vocab_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sort (patient, visit, code) triples and drop repeats (a code is a set member of its visit)."""
+    patient: torch.Tensor, visit: torch.Tensor, code: torch.Tensor, vocab_size: int, count: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Sort (patient, visit, code) triples and drop repeats (a code is a set member of its
+    visit); with ``count``, the counts of repeats are added up."""
     if patient.numel() == 0:
-        return patient, visit, code
+        return patient, visit, code, count
     n_visit_slots = int(visit.max()) + 1
-    key = torch.unique((patient * n_visit_slots + visit) * vocab_size + code)  # sorted
+    key, inverse = torch.unique((patient * n_visit_slots + visit) * vocab_size + code, return_inverse=True)  # sorted
+    if count is not None:
+        count = torch.zeros_like(key).scatter_add_(0, inverse, count.to(key.dtype))
     code = key % vocab_size
     patient_visit = key // vocab_size
-    return patient_visit // n_visit_slots, patient_visit % n_visit_slots, code
+    return patient_visit // n_visit_slots, patient_visit % n_visit_slots, code, count
 
 
 class Generator(EHRModule):
     """Base of every synthetic-EHR generator (see the module docstring for the contract)."""
 
     family = "generation"
+    #: one pseudo-visit per patient (see the module docstring)
+    flat = False
     monitor = "val/loss"
     monitor_mode = "min"
 
@@ -99,9 +111,7 @@ class Generator(EHRModule):
 
     # -- generation -------------------------------------------------------------------------
 
-    def sample_codes(
-        self, n: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_codes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def generate(self, n: int, seed: int, batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
@@ -121,13 +131,16 @@ class Generator(EHRModule):
             with torch.no_grad():
                 with tqdm(total=n, desc="generating", unit="patient", disable=not progress) as bar:
                     for start in range(0, n, batch_size):
-                        patient, visit, code = self.sample_codes(min(batch_size, n - start), generator)
-                        patient, visit, code = _sorted_unique(patient, visit, code, self.vocab_size)
+                        patient, visit, code, *count = self.sample_codes(min(batch_size, n - start), generator)
+                        patient, visit, code, count = _sorted_unique(
+                            patient, visit, code, self.vocab_size, count[0] if count else None)
                         visit = dense_visit_index(patient, visit)
-                        parts.append(torch.stack([patient + start, visit, code]).cpu())
+                        columns = [patient + start, visit, code] + ([] if count is None else [count])
+                        parts.append(torch.stack(columns).cpu())
                         bar.update(min(batch_size, n - start))
         finally:
             self.train(was_training)
+        counted = bool(parts) and parts[0].shape[0] == 4
         rows = torch.cat(parts, dim=1).numpy() if parts else np.zeros((3, 0), dtype=np.int64)
         table = pd.DataFrame(
             {
@@ -136,4 +149,6 @@ class Generator(EHRModule):
                 "code": pd.array(self._code_strings[rows[2]], dtype="str"),
             }
         )
-        return table.loc[:, LONG_COLUMNS]
+        if counted:
+            table["count"] = rows[3].astype(np.int64)
+        return table.loc[:, LONG_COLUMNS + (["count"] if counted else [])]

@@ -1,0 +1,61 @@
+"""Flat generators: a patient as one vector over the vocabulary (seed 002 §2.1, Figure 1).
+
+MedGAN and CorGAN do not model visits. A patient's record becomes one row of the matrix
+they learn: a binary indicator per code (the code occurs in some visit) or, in MedGAN's
+count mode (§2.2), the number of the patient's visits that hold the code. Their output is
+the same kind of row, which the long table holds as a single pseudo-visit per patient
+(``visit_id`` 0; seed 002 Table 12: 1.00 visits per patient "by construction"); count mode
+adds the ``count`` column.
+
+Columns that are never a generated code are zero in both directions: 0 (``[PAD]``) and the
+task vocabulary's ``[UNK]``, the stand-in for held-out codes the training split lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ehrlab.data.schema import UNKNOWN_CODE
+from ehrlab.models.generative.base import Generator
+
+MODES = ("binary", "count")
+
+
+class FlatGenerator(Generator):
+    """Base of the generators that see a patient as one row over the vocabulary."""
+
+    flat = True
+
+    def __init__(self, vocabulary: list[str], mode: str = "binary", optimizer: Any = None):
+        super().__init__(vocabulary, optimizer=optimizer)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        code_columns = torch.ones(self.vocab_size, dtype=torch.bool)
+        code_columns[0] = False
+        code_columns[[i for i, code in enumerate(self.vocabulary) if code == UNKNOWN_CODE]] = False
+        self.register_buffer("code_columns", code_columns, persistent=False)
+
+    def patient_matrix(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Float [B, vocab_size]: per code, 1 if any real visit holds it (binary mode) or the
+        number of real visits that hold it (count mode; a code appears once per visit)."""
+        codes = batch["codes"]
+        n_visit_slots = codes.shape[1]
+        is_real = torch.arange(n_visit_slots, device=codes.device)[None, :] < batch["n_visits"][:, None]
+        per_visit = torch.zeros(*codes.shape[:2], self.vocab_size, device=codes.device)
+        per_visit.scatter_(2, codes, 1.0)  # repeats within a visit count once
+        counts = (per_visit * is_real[..., None]).sum(dim=1)
+        counts = counts * self.code_columns
+        return counts if self.mode == "count" else counts.clamp(max=1.0)
+
+    def matrix_codes(self, matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``sample_codes``' output for integer rows [n, vocab_size]: one pseudo-visit per patient;
+        count mode adds each code's count."""
+        matrix = matrix.long() * self.code_columns
+        patient, code = matrix.nonzero(as_tuple=True)
+        visit = torch.zeros_like(patient)
+        if self.mode == "count":
+            return patient, visit, code, matrix[patient, code]
+        return patient, visit, code
