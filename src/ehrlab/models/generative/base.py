@@ -13,6 +13,11 @@ subclass implements two things:
   counts (MedGAN's count mode) returns a fourth tensor, ``count`` (int64 >= 1): the table
   then has a ``count`` column, and repeats of a code within a visit add their counts.
 
+A generator conditioned on patient labels (HALO's phenotype label row) lists them in
+``label_names`` and accepts ``labels``, a float tensor [n, len(label_names)] of requested
+label vectors, as a keyword of ``sample_codes``; ``generate(..., labels=...)`` checks and
+builds it from a vector or from label names (``label_vector``). Others refuse ``labels``.
+
 ``flat`` says whether the generator models a patient as one multi-hot (or count) vector,
 emitting a single pseudo-visit (MedGAN, CorGAN: seed 002 §2.1, Table 12), or as a sequence
 of visits; seed 002's per-family discriminator score reads it (Random Forest for flat
@@ -36,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ehrlab.data.schema import LONG_COLUMNS
+from ehrlab.errors import UserInputError
 from ehrlab.models.base import EHRModule
 
 
@@ -80,6 +86,8 @@ class Generator(EHRModule):
     family = "generation"
     #: one pseudo-visit per patient (see the module docstring)
     flat = False
+    #: the patient labels ``generate(labels=...)`` can request (none by default)
+    label_names: tuple[str, ...] = ()
     monitor = "val/loss"
     monitor_mode = "min"
 
@@ -114,15 +122,34 @@ class Generator(EHRModule):
     def sample_codes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def generate(self, n: int, seed: int, batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
+    def label_vector(self, labels) -> torch.Tensor:
+        """The float label vector [len(label_names)] asked for by ``labels``: either names of
+        labels to set (the others are 0) or one number per label, in ``label_names`` order."""
+        names = list(self.label_names)
+        if not names:
+            raise UserInputError(f"{type(self).__name__} is not conditioned on labels: drop generate.labels.")
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        if all(isinstance(label, str) for label in labels):
+            unknown = sorted(set(labels) - set(names))
+            if unknown:
+                raise UserInputError(f"generate.labels: unknown label(s) {unknown}; the model's labels are {names}.")
+            return torch.tensor([float(name in labels) for name in names])
+        if len(labels) != len(names) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in labels):
+            raise UserInputError(f"generate.labels: give label names, or {len(names)} numbers in [0, 1] in the order "
+                                 f"{names}; got {labels}.")
+        return torch.tensor([float(v) for v in labels])
+
+    def generate(self, n: int, seed: int, batch_size: int = 256, progress: bool = True, labels=None) -> pd.DataFrame:
         """``n`` synthetic patients as a long table (``subject_id, visit_id, code``).
 
         Deterministic for a given ``seed`` and ``batch_size``: all randomness comes from one
         ``torch.Generator`` seeded here, never from the global RNG. Runs in eval mode without
-        gradients and restores the training mode afterwards.
+        gradients and restores the training mode afterwards. ``labels`` (label names, or one
+        number per label) asks every patient to carry that label vector (see ``label_vector``).
         """
         if n < 0 or batch_size < 1:
             raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        label_vector = None if labels is None else self.label_vector(labels).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.training
         self.eval()
@@ -131,13 +158,15 @@ class Generator(EHRModule):
             with torch.no_grad():
                 with tqdm(total=n, desc="generating", unit="patient", disable=not progress) as bar:
                     for start in range(0, n, batch_size):
-                        patient, visit, code, *count = self.sample_codes(min(batch_size, n - start), generator)
+                        size = min(batch_size, n - start)
+                        conditions = {} if label_vector is None else {"labels": label_vector.expand(size, -1)}
+                        patient, visit, code, *count = self.sample_codes(size, generator, **conditions)
                         patient, visit, code, count = _sorted_unique(
                             patient, visit, code, self.vocab_size, count[0] if count else None)
                         visit = dense_visit_index(patient, visit)
                         columns = [patient + start, visit, code] + ([] if count is None else [count])
                         parts.append(torch.stack(columns).cpu())
-                        bar.update(min(batch_size, n - start))
+                        bar.update(size)
         finally:
             self.train(was_training)
         counted = bool(parts) and parts[0].shape[0] == 4
