@@ -281,3 +281,44 @@ def test_several_sweeps_make_one_table(table2_sweep, tmp_path_factory):
     assert "| model | augment | test/f1 |" in text  # neither `sweep` nor a per-model key is a column
     paired = pd.read_csv(table2_sweep / "paired_differences.csv")
     assert set(paired["backbone"]) == {"lstm", "retain"}  # the baselines have no plain/augmented pair
+
+
+def generator_metrics(model: str, seed: int) -> dict[str, float]:
+    """The evaluation's keys a generator job writes, with values that identify model and seed."""
+    base = {"halo": 0.8, "medgan": 0.6, "corgan": 0.2}[model]
+    metrics = {"eval/disc_score": base, "eval/prevalence_r2": base + 0.01 * seed, "eval/prevalence_pearson": 0.9,
+               "eval/prevalence_rmse": 0.01, "eval/nnaar": 0.002, "eval/mia_accuracy": 0.5, "eval/mia_f1": 0.5,
+               "eval/synthetic_unique_codes": 1000 * base, "eval/train_patients": 4000.0, "eval/test_patients": 500.0,
+               "eval/synthetic_patients": 10000.0, "eval/cooccurrence_cosine": base}
+    for label in ("p75", "p80", "p85", "p90", "p95", "p97_5", "p99"):
+        metrics[f"eval/prevalence_r2_{label}"] = base
+        metrics[f"eval/mia_f1_{label}"] = 0.5
+    for decile in range(1, 11):
+        metrics[f"eval/prevalence_r2_q{decile:02d}"] = base - 0.05 * decile
+    return {**metrics, **{f"{k}_ci_low": v - 0.05 for k, v in metrics.items()},
+            **{f"{k}_ci_high": v + 0.05 for k, v in metrics.items()}}
+
+
+def test_generator_sweep_renders_seed_002_tables_and_figures(tmp_path):
+    """sweep=generators: Table 1 with every generator's row in the paper's order (sequential
+    before flat), the real sets in Table 12, bootstrap intervals for a single job and mean ± std
+    over seeds, and the long-tail figure."""
+    number = 0
+    for model, seeds in (("corgan", (0,)), ("medgan", (0,)), ("halo", (0, 1))):
+        for seed in seeds:
+            write_job(tmp_path, number, [f"model={model}", f"seed={seed}"], generator_metrics(model, seed),
+                      status="completed", model=model)
+            number += 1
+    text = report(tmp_path)
+    table1 = text.split("### Table 1")[1].split("###")[0]
+    rows = [line for line in table1.splitlines() if line.startswith("| ") and "model" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| halo", "| medgan", "| corgan"]
+    assert "| 2 | 0.800 ± 0.000 | 0.805 ± 0.007 |" in rows[0]  # two seeds: mean ± std
+    assert "| 1 | 0.600 [0.550, 0.650] |" in rows[1]  # one job: its bootstrap interval
+    assert "| real training |  | 4,000 |" in text and "| real held-out |  | 500 |" in text
+    assert "### Table 14" in text and "### Tables 2 and 13" in text
+    assert "eval/prevalence_r2_p75" not in text  # the long-tail numbers are in the figure and summary.csv
+    assert (tmp_path / "figure3_long_tail.png").stat().st_size > 0
+    assert (tmp_path / "figure8_deciles.png").stat().st_size > 0
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert {"eval/prevalence_r2_p75", "eval/disc_score"} <= set(summary["metric"])

@@ -41,6 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ehrlab.cli import exit_on_user_error
 from ehrlab.config import model_label
 from ehrlab.errors import UserInputError
+from ehrlab.generator_report import generator_sections, is_generator_comparison
 
 DEFAULT_PREFIXES = ("test/", "eval/", "synthetic/", "data/planted_ceiling/")
 TABLE2_METRICS = ("test/pr_auc", "test/f1", "test/kappa")  # seed 000 Table 2's columns
@@ -479,8 +480,13 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES, als
     completed, group_keys = completed_table(sweep.jobs)
     summary = summarize(completed, group_keys, prefixes)
     summary.to_csv(multirun_dir / "summary.csv", index=False)
-    text = f"# Summary of {multirun_dir_names}\n\n{counts}\n\n{markdown_table(summary, group_keys)}\n"
-    if is_model_comparison(group_keys):
+    text = f"# Summary of {multirun_dir_names}\n\n{counts}\n\n"
+    if is_model_comparison(group_keys) and is_generator_comparison(summary):
+        # Hundreds of evaluation metrics: seed 002's tables instead of one table of all of them.
+        sections, plots = generator_sections(summary, multirun_dir)
+        text += sections + "\n"
+    elif is_model_comparison(group_keys):
+        text += markdown_table(summary, group_keys) + "\n"
         if "model" not in summary:  # one model, several augmentations (sweep=table4)
             models = completed["setting:model"].unique() if "setting:model" in completed else ["model"]
             summary = summary.assign(model=models[0])
@@ -493,6 +499,7 @@ def report(multirun_dir: Path, prefixes: tuple[str, ...] = DEFAULT_PREFIXES, als
             plots = [p for p in [paired_bars(summary, multirun_dir)] if p is not None]
         text += "".join(f"\n{section}\n" for section in sections if section)
     else:
+        text += markdown_table(summary, group_keys) + "\n"
         plots = heatmaps(summary, group_keys, multirun_dir)
     if problems:
         text += "\n## Jobs not in the table\n\n" + "\n".join(problems) + "\n"

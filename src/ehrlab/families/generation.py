@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
 from ehrlab.data.tasks.base import TaskData
@@ -33,8 +33,18 @@ class GeneratorFamily(Family):
             metrics |= generate(cfg, model, task_data, run_dir)
         if cfg.stage in ("evaluate", "all"):
             evaluation, plots = evaluate_synthetic_records(cfg, task_data, run_dir)
-            metrics |= evaluation
+            metrics |= evaluation | family_discriminator_score(evaluation, flat=model.flat)
         return metrics, plots
+
+
+def family_discriminator_score(evaluation: dict[str, float], flat: bool) -> dict[str, float]:
+    """Seed 002 Table 1's "Disc. Score" (Appendix E): the Random Forest's score for a flat
+    generator (one pseudo-visit per patient: a sequence model has nothing to read), the LSTM's
+    for a sequential one, as ``eval/disc_score`` (and its interval). Both discriminators'
+    own scores stay in the metrics."""
+    name = "random_forest" if flat else "lstm"
+    return {key.replace(f"eval/disc_{name}_score", "eval/disc_score"): value for key, value in evaluation.items()
+            if key.startswith(f"eval/disc_{name}_score")}
 
 
 def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
@@ -45,7 +55,10 @@ def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict
     from ehrlab.evaluation.synthetic.structure import dataset_statistics
 
     n = cfg.generate.n_patients or task_data.splits["train"].n_patients
-    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size)
+    labels = cfg.generate.get("labels")  # label names or a vector (label-conditioned generators)
+    if labels is not None and not isinstance(labels, str):
+        labels = OmegaConf.to_container(labels)
+    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size, labels=labels)
     records["subject_id"] = records["subject_id"].astype("int64") + SYNTHETIC_SUBJECT_ID_START
     records.to_parquet(run_dir / "synthetic.parquet", index=False)
     records.to_csv(run_dir / "synthetic.csv", index=False)
