@@ -87,6 +87,7 @@ and checkpoints/best.ckpt is the latest epoch. Validation logs ``val/reconstruct
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -209,7 +210,7 @@ class LatentGenerator(nn.Module):
         self.latent_shape = tuple(latent_shape)
         widths = [noise_dim, *hidden]
         layers: list[nn.Module] = []
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
+        for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.LeakyReLU(0.2)]
         layers += [nn.Linear(widths[-1], self.latent_shape[0] * self.latent_shape[1]), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -367,14 +368,14 @@ class CorGAN(FlatGenerator):
         rows = self.patient_matrix(batch)
         n = rows.shape[0]
         if n < 2:
-            return None  # see the module docstring: batch norm needs two records
+            return  # see the module docstring: batch norm needs two records
         autoencoder_opt, critic_opt, generator_opt = self.optimizers()
         if self.in_pretraining():
             loss = self.reconstruction_loss(rows)
             self._step(autoencoder_opt, loss)
             self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                      batch_size=n)
-            return None
+            return
 
         for _ in range(self.critic_steps):
             with torch.no_grad():
@@ -394,7 +395,7 @@ class CorGAN(FlatGenerator):
         for name, value in logged.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "generator_loss",
                      batch_size=n)
-        return None
+        return
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)
