@@ -69,7 +69,7 @@ Decisions where F.1 and the original are silent or disagree with this framework:
   of the weights and the seed.
 - **max_count** (count mode's clip) is a persistent buffer: the largest entry of any training
   row seen in training batches (after the first epoch: the largest count of the training
-  split, as the model sees it after the DataModule's truncation). It works with any
+  split, as the model's batches hold it). It works with any
   dataloader, is restored from checkpoints, and needs no statistics pass. A model that has
   never seen a training batch (``max_count`` 0) does not clip from above.
 - **Initialisation**: Xavier-uniform weights, zero biases (the original's ``get_variable``
@@ -327,7 +327,6 @@ class MedGAN(FlatGenerator):
         self.log("train/discriminator_loss", discriminator_loss.detach(), on_step=True, on_epoch=True, batch_size=n)
         self.log("train/generator_loss", generator_loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n)
-        return
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)
