@@ -39,7 +39,7 @@ layers 2-7; Sigmoid last). A transposed convolution's output length is
 on the encoder's input length: ``L_{i-1} - (L_i - 1) * s_i`` — the encoder's 5 plus the
 remainder its floor division dropped. (F.2's "corrected stride bug in decoder layer 3" is a
 fix to the 6-layer port's strides; in this pathway every decoder stride is its encoder
-layer's.) All weights: Xavier-uniform (F.2), biases zero but one (next list).
+layer's.) All weights: Xavier-uniform (F.2), biases zero.
 
 Decisions where F.2 is silent or lost its numbers:
 
@@ -52,12 +52,10 @@ Decisions where F.2 is silent or lost its numbers:
   columns for every V >= 2, with no padding columns and no pooling; at V = 6,955 this is
   exactly F.2's pathway (tests/models/test_generative_corgan.py checks both). Columns 0
   ([PAD]) and [UNK] are zero in every training row and never generated.
-- **Sparse start**: the decoder's last bias (one number, shared by every column) starts at
-  the logit of 12.61 codes per patient (the real MIMIC-III mean, Table 12; p = 0.5 when V is
-  below 2 x 12.61), not 0: a zero bias makes an untrained decoder put every code at p ~ 0.5,
-  i.e. half the vocabulary per patient and a reconstruction loss of ~0.69 V nats to unlearn
-  first. Training moves it from there. (Our choice; F.2 and the references say nothing of
-  biases.)
+- **Zero biases**, so an untrained decoder puts every code near p = 0.5 and emits about half
+  the vocabulary per patient, as the references' would; pretraining removes that. A sparse
+  start (the last bias at the logit of ~12.6 codes per patient) was tried and dropped: a
+  barely trained model then emits no code at all, and an empty table cannot be evaluated.
 - **Batch norm** in encoder layers 2-7 and decoder layers 2-7, as the authors' port (F.2 lists
   activations only). None in the critic: the gradient penalty is per record, which batch
   norm would break (Gulrajani et al. 2017, §4).
@@ -94,7 +92,6 @@ and checkpoints/best.ckpt is the latest epoch. Validation logs ``val/reconstruct
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,8 +110,6 @@ ENCODER_KERNEL = 5
 #: F.2 "Latent dimension": the generator's noise
 NOISE_DIM = 128
 CRITIC_TYPES = ("conv", "mlp")
-#: the decoder's starting output rate, codes per patient (real MIMIC-III: 12.61, seed 002 Table 12)
-INITIAL_CODES_PER_PATIENT = 12.61
 
 
 @dataclass(frozen=True)
@@ -191,10 +186,6 @@ class ConvAutoencoder(nn.Module):
                 decoder.append(nn.ReLU())
         self.decoder = nn.Sequential(*decoder)  # the final Sigmoid is applied by decode()
         _init_xavier(self)
-        # A sparse start (see the module docstring): every column at ~12.6 codes per patient.
-        rate = min(0.5, INITIAL_CODES_PER_PATIENT / n_codes)
-        with torch.no_grad():
-            self.decoder[-1].bias.fill_(math.log(rate / (1 - rate)))
 
     @property
     def latent_shape(self) -> tuple[int, int]:
