@@ -154,6 +154,7 @@ def test_table14_cooccurrence_by_hand():
     similarity = cooccurrence_similarity(real, synthetic)
     assert similarity["cosine"] == pytest.approx(4 / math.sqrt(24))
     assert similarity["frobenius"] == pytest.approx(math.sqrt(6 / 9))
+
     assert cooccurrence_similarity(real, real) == pytest.approx({"cosine": 1.0, "frobenius": 0.0})
 
 
@@ -307,3 +308,16 @@ def test_vectorised_distance_matches_the_definition_with_dense_and_sparse_column
     self_expected = np.array([[_reference_distance([set(v) for v in a], [set(v) for v in b]) for b in a_records.values()] for a in a_records.values()])
     np.fill_diagonal(self_expected, 10**6)
     np.testing.assert_array_equal(nearest_other_distances(left), self_expected.min(axis=1))
+
+
+def test_cooccurrence_through_the_pair_incidence_equals_the_weighted_product():
+    """The bootstrap's one-product form equals X^T diag(w) X / Σw on a random record set, with
+    a chosen code order that is not the column order and a patient holding none of the codes."""
+    rng = np.random.default_rng(0)
+    x = sparse.csr_matrix(rng.random((200, 30)) < 0.15)
+    codes = np.array([7, 2, 19, 0, 11])
+    weights = rng.poisson(1.0, 200).astype(float)
+    dense = x[:, codes].toarray().astype(float)
+    expected = (dense * weights[:, None]).T @ dense / weights.sum()
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(cooccurrence(x, codes, weights), expected)

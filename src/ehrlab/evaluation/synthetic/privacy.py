@@ -11,8 +11,9 @@ i ("visit-position-aligned multi-hot"). With S(a) = Σ_i |a_i| and a·b the row 
     d(a, b) = S(a) + S(b) − 2 a·b + 1[n ≠ m]
 
 because |a_i Δ b_i| = |a_i| + |b_i| − 2|a_i ∩ b_i| and an unmatched visit has nothing to
-intersect. The dot products of all pairs are a matrix product, done in row chunks of 2,048
-so a 10k × 10k comparison never holds more than one 80 MB block. How the product is split:
+intersect. The dot products of all pairs are a matrix product, done in row chunks (2,048 rows,
+fewer against more than 32,768 records) so that no block holds more than 256 MB. Within one
+set (d(x, X∖x)) only the pairs i ≤ j are computed: the distance is symmetric. How the product is split:
 a few hundred (position, code) columns — common codes in the first visits — are shared by
 most pairs, so a sparse product would produce an almost dense result (92% of the pairs on
 MIMIC-like data) slowly. Those "head" columns go through one dense float32 matrix product
@@ -60,8 +61,10 @@ from threadpoolctl import threadpool_limits
 from ehrlab import metrics
 from ehrlab.evaluation.synthetic.records import PatientRecords
 
-# rows of the left operand per dense block: 2,048 x 10,000 float32 = 80 MB
+# rows of the left operand per dense block: at most 2,048, and at most BLOCK_ENTRIES distances
+# (256 MB of float32) per block, so 150,000 columns take blocks of 447 rows
 CHUNK_ROWS = 2048
+BLOCK_ENTRIES = 2**26
 # (position, code) columns computed densely; the rest have few enough pairs for a sparse product
 DENSE_COLUMNS = 128
 _FAR = np.float32(2**24)  # larger than any distance; stands in for d(x, x) when x is excluded
@@ -97,13 +100,13 @@ def align_visits(
     return AlignedRecords(rows=rows, total_codes=np.diff(rows.indptr), n_visits=records.visits_per_patient)
 
 
-def distance_matrix(a: AlignedRecords, b: AlignedRecords) -> np.ndarray:
-    """All pairwise §3.2.1 distances as a dense int array (small inputs; tests, reports)."""
-    return np.vstack(list(_distance_blocks(a, b, exclude_self=False))).astype(np.int64)
+def _distance_blocks(a: AlignedRecords, b: AlignedRecords, *, exclude_self: bool, upper: bool = False):
+    """Yield (row start, float32 block of d(a_i, b_j)) per chunk of a's rows.
 
-
-def _distance_blocks(a: AlignedRecords, b: AlignedRecords, *, exclude_self: bool):
-    """Yield float32 row blocks of d(a_i, b_j); with exclude_self, d(a_i, a_i) is made huge."""
+    exclude_self (b is a): d(a_i, a_i) is made huge. upper (b is a): the block of rows
+    [start, stop) holds the columns from ``start`` on only, i.e. the pairs i ≤ j; the distance
+    is symmetric, so the pairs j < i were in an earlier block, as its columns.
+    """
     column_pairs = np.diff(a.rows.tocsc().indptr) + np.diff(b.rows.tocsc().indptr)
     head = np.sort(np.argsort(-column_pairs, kind="stable")[:DENSE_COLUMNS])
     is_tail = np.ones(a.rows.shape[1], bool)
@@ -121,44 +124,55 @@ def _distance_blocks(a: AlignedRecords, b: AlignedRecords, *, exclude_self: bool
             -visit_count_one_hot(a.n_visits),
         ]
     ).astype(np.float32)
-    right_transposed = np.ascontiguousarray(
-        np.hstack(
-            [b.rows[:, head].toarray(), b.total_codes[:, None], np.ones((b.rows.shape[0], 1)), visit_count_one_hot(b.n_visits)]
-        )
-        .astype(np.float32)
-        .T
-    )
+    right = np.hstack(
+        [b.rows[:, head].toarray(), b.total_codes[:, None], np.ones((b.rows.shape[0], 1)), visit_count_one_hot(b.n_visits)]
+    ).astype(np.float32)
     a_tail = a.rows[:, is_tail].tocsr()
-    b_tail_transposed = b.rows[:, is_tail].T.tocsr()
-    for start in range(0, a.rows.shape[0], CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, a.rows.shape[0])
+    b_tail = b.rows[:, is_tail].tocsr()
+    chunk_rows = max(1, min(CHUNK_ROWS, BLOCK_ENTRIES // max(1, b.rows.shape[0])))
+    for start in range(0, a.rows.shape[0], chunk_rows):
+        stop = min(start + chunk_rows, a.rows.shape[0])
+        first_column = start if upper else 0
         with threadpool_limits(limits=1, user_api="blas"):
-            block = left[start:stop] @ right_transposed
-        tail = (a_tail[start:stop] @ b_tail_transposed).tocoo()
+            block = left[start:stop] @ right[first_column:].T
+        tail = (a_tail[start:stop] @ b_tail[first_column:].T).tocoo()
         block[tail.row, tail.col] -= 2 * tail.data
         if exclude_self:
             local = np.arange(stop - start)
-            block[local, start + local] = _FAR
-        yield block
+            block[local, start - first_column + local] = _FAR
+        yield start, block
+
+
+def distance_matrix(a: AlignedRecords, b: AlignedRecords) -> np.ndarray:
+    """All pairwise §3.2.1 distances as a dense int array (small inputs; tests, reports)."""
+    return np.vstack([block for _, block in _distance_blocks(a, b, exclude_self=False)]).astype(np.int64)
 
 
 def nearest_distances(a: AlignedRecords, b: AlignedRecords) -> tuple[np.ndarray, np.ndarray]:
     """(d(a_i, B) for each i, d(b_j, A) for each j): both nearest-neighbour distances of one pass."""
     a_to_b = np.empty(a.rows.shape[0], dtype=np.float32)
     b_to_a = np.full(b.rows.shape[0], _FAR, dtype=np.float32)
-    start = 0
-    for block in _distance_blocks(a, b, exclude_self=False):
+    for start, block in _distance_blocks(a, b, exclude_self=False):
         a_to_b[start : start + len(block)] = block.min(axis=1)
         np.minimum(b_to_a, block.min(axis=0), out=b_to_a)
-        start += len(block)
     return a_to_b.astype(np.int64), b_to_a.astype(np.int64)
 
 
 def nearest_other_distances(a: AlignedRecords) -> np.ndarray:
-    """d(a_i, A ∖ a_i): nearest other record of the same set (duplicates of a_i count)."""
-    if a.rows.shape[0] < 2:
-        return np.full(a.rows.shape[0], np.nan)
-    return np.concatenate([block.min(axis=1) for block in _distance_blocks(a, a, exclude_self=True)]).astype(np.int64)
+    """d(a_i, A ∖ a_i): nearest other record of the same set (duplicates of a_i count).
+
+    Half the pairs: each block covers the pairs i ≤ j of its rows (``upper``); its row minima
+    serve the rows, its column minima the later rows (j > i) that the pair also belongs to.
+    """
+    n = a.rows.shape[0]
+    if n < 2:
+        return np.full(n, np.nan)
+    nearest = np.full(n, _FAR, dtype=np.float32)
+    for start, block in _distance_blocks(a, a, exclude_self=True, upper=True):
+        stop = start + len(block)
+        np.minimum(nearest[start:stop], block.min(axis=1), out=nearest[start:stop])
+        np.minimum(nearest[start:], block.min(axis=0), out=nearest[start:])
+    return nearest.astype(np.int64)
 
 
 @dataclass

@@ -53,8 +53,10 @@ def dataset_statistics(records: PatientRecords, weights: np.ndarray | None = Non
         "patients": float(patients),
         "visits": float(visits),
         "visits_per_patient": float(visits / patients),
-        "codes_per_visit": float(visit_weight @ records.codes_per_visit / visits),
-        "codes_per_patient": float(w @ records.codes_per_patient / patients),
+        # elementwise, not `@`: a float @ int32 dot takes numpy's slow generic loop (20 ms at
+        # MIMIC-III size) and a float dot a multithreaded BLAS, which stalls on a shared 2-core machine
+        "codes_per_visit": float(np.sum(visit_weight * records.codes_per_visit) / visits),
+        "codes_per_patient": float(np.sum(w * records.codes_per_patient) / patients),
         "unique_codes": float(np.count_nonzero(code_totals)),
     }
 
@@ -115,15 +117,44 @@ def top_k_overlap(real: np.ndarray, synthetic: np.ndarray, k: int) -> int:
     return len(np.intersect1d(top_codes(real, k), top_codes(synthetic, k)))
 
 
+def code_pair_incidence(patient_codes: sparse.spmatrix, codes: np.ndarray) -> sparse.csr_matrix:
+    """(n_patients, k·k) 0/1: entry (i, a·k + b), a < b, says patient i has both codes[a] and codes[b].
+
+    Built once per set, it turns the co-occurrence matrix under any patient weights into one
+    sparse product (`cooccurrence_from_pairs`), which the bootstrap repeats a hundred times. A
+    patient with r of the k codes has r(r − 1)/2 entries (r is a handful for the 50 most
+    common codes); the matrix is symmetric, so the pairs a < b are enough.
+    """
+    columns = sparse.csr_matrix(patient_codes[:, codes], dtype=np.float64)
+    columns.sum_duplicates()
+    k = len(codes)
+    per_patient = np.diff(columns.indptr)
+    entry_patient = np.repeat(np.arange(columns.shape[0]), per_patient)  # patient of each stored code
+    repeats = per_patient[entry_patient]  # each stored code meets every code of its patient
+    first = np.repeat(columns.indices, repeats)
+    second = columns.indices[columns.indptr[np.repeat(entry_patient, repeats)] + _positions_within(repeats)]
+    pair_patient = np.repeat(entry_patient, repeats)
+    keep = first < second
+    return sparse.csr_matrix((np.ones(int(keep.sum())), (pair_patient[keep], first[keep] * k + second[keep])),
+                             shape=(columns.shape[0], k * k))
+
+
+def _positions_within(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ..., lengths[0]-1, 0, 1, ..., lengths[1]-1, ... (vectorised)."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+
+def cooccurrence_from_pairs(pairs: sparse.csr_matrix, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(k, k) fraction of patients having both codes, diagonal 0 (pairs only)."""
+    w = _ones(pairs.shape[0], weights)
+    upper = np.asarray(pairs.T @ w).reshape(k, k) / w.sum()
+    return upper + upper.T
+
+
 def cooccurrence(patient_codes: sparse.spmatrix, codes: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """(k, k) fraction of patients having both codes, diagonal set to 0 (pairs only)."""
-    # sparse product on purpose: a dense (k x n) @ (n x k) goes through multithreaded BLAS,
-    # which was 40x slower than this on a busy 2-core machine
-    columns = sparse.csc_matrix(patient_codes[:, codes], dtype=np.float64)
-    w = _ones(columns.shape[0], weights)
-    matrix = (columns.T @ sparse.diags(w) @ columns).toarray() / w.sum()
-    np.fill_diagonal(matrix, 0.0)
-    return matrix
+    return cooccurrence_from_pairs(code_pair_incidence(patient_codes, codes), len(codes), weights)
 
 
 def cooccurrence_similarity(real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
@@ -133,14 +164,23 @@ def cooccurrence_similarity(real: np.ndarray, synthetic: np.ndarray) -> dict[str
     return {"cosine": cosine, "frobenius": float(np.linalg.norm(real - synthetic))}
 
 
-def chapter_prevalence(
-    patient_codes: sparse.spmatrix, code_chapter: np.ndarray, n_chapters: int, weights: np.ndarray | None = None
-) -> np.ndarray:
-    """(n_chapters,) fraction of patients with at least one code in each chapter."""
+def chapter_incidence(patient_codes: sparse.spmatrix, code_chapter: np.ndarray, n_chapters: int) -> sparse.csr_matrix:
+    """(n_patients, n_chapters) 0/1: the patient has at least one code of the chapter."""
     code_to_chapter = sparse.csr_matrix(
         (np.ones(len(code_chapter)), (np.arange(len(code_chapter)), code_chapter)),
         shape=(len(code_chapter), n_chapters),
     )
-    has_chapter = (patient_codes @ code_to_chapter) > 0
-    w = _ones(patient_codes.shape[0], weights)
+    return sparse.csr_matrix((patient_codes @ code_to_chapter) > 0, dtype=np.float64)
+
+
+def chapter_prevalence_from(has_chapter: sparse.csr_matrix, weights: np.ndarray | None = None) -> np.ndarray:
+    """(n_chapters,) fraction of patients with at least one code in each chapter."""
+    w = _ones(has_chapter.shape[0], weights)
     return np.asarray(has_chapter.T @ w).ravel() / w.sum()
+
+
+def chapter_prevalence(
+    patient_codes: sparse.spmatrix, code_chapter: np.ndarray, n_chapters: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """(n_chapters,) fraction of patients with at least one code in each chapter."""
+    return chapter_prevalence_from(chapter_incidence(patient_codes, code_chapter, n_chapters), weights)

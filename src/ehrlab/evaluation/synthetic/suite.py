@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from tqdm.auto import tqdm
 
 from ehrlab.evaluation.synthetic import plots, report
@@ -54,8 +55,10 @@ from ehrlab.evaluation.synthetic.privacy import (
 from ehrlab.evaluation.synthetic.records import PatientRecords, build_records, check_comparable
 from ehrlab.evaluation.synthetic.structure import (
     TOP_K,
-    chapter_prevalence,
-    cooccurrence,
+    chapter_incidence,
+    chapter_prevalence_from,
+    code_pair_incidence,
+    cooccurrence_from_pairs,
     cooccurrence_similarity,
     count_distribution,
     dataset_statistics,
@@ -81,6 +84,10 @@ class _Population:
     deciles: list[np.ndarray]
     long_tail: dict[float, np.ndarray]
     cooccurrence_codes: np.ndarray
+    # Weight-independent parts of the chapter and co-occurrence metrics of "train" and
+    # "synthetic", built once so that each bootstrap resample is a few sparse products.
+    has_chapter: dict[str, sparse.csr_matrix]
+    code_pairs: dict[str, sparse.csr_matrix]
 
 
 def _population_metrics(population: _Population, weights: dict[str, np.ndarray | None]) -> tuple[dict, dict]:
@@ -118,18 +125,14 @@ def _population_metrics(population: _Population, weights: dict[str, np.ndarray |
     )
     for k in TOP_K:
         scalars[f"top{k}_overlap"] = overlap[f"top{k}_overlap"]
-    n_chapters = len(population.chapter_names)
-    chapters = {
-        name: chapter_prevalence(records[name].patient_codes, population.code_chapter, n_chapters, weights[name])
-        for name in ("train", "synthetic")
-    }
+    chapters = {name: chapter_prevalence_from(population.has_chapter[name], weights[name])
+                for name in ("train", "synthetic")}
     real_chapters = chapters["train"] > 0
     scalars["chapter_coverage"] = float(np.mean(chapters["synthetic"][real_chapters] > 0)) if real_chapters.any() else math.nan
     scalars["chapter_prevalence_rmse"] = float(np.sqrt(np.mean((chapters["train"] - chapters["synthetic"]) ** 2)))
-    matrices = {
-        name: cooccurrence(records[name].patient_codes, population.cooccurrence_codes, weights[name])
-        for name in ("train", "synthetic")
-    }
+    k = len(population.cooccurrence_codes)
+    matrices = {name: cooccurrence_from_pairs(population.code_pairs[name], k, weights[name])
+                for name in ("train", "synthetic")}
     similarity = cooccurrence_similarity(matrices["train"], matrices["synthetic"])
     scalars["cooccurrence_cosine"] = similarity["cosine"]
     scalars["cooccurrence_frobenius"] = similarity["frobenius"]
@@ -241,6 +244,7 @@ def evaluate_synthetic(
     vocabulary, records = build_records({"train": train, "test": test, "synthetic": synthetic})
     chapter_names, code_chapter = chapters_of(vocabulary)
     real_prevalence = prevalence(records["train"].patient_codes)
+    cooccurrence_codes = top_codes(real_prevalence, N_COOCCURRENCE_CODES)
     population = _Population(
         records=records,
         vocabulary=vocabulary,
@@ -248,7 +252,11 @@ def evaluate_synthetic(
         code_chapter=code_chapter,
         deciles=frequency_buckets(real_prevalence),
         long_tail=long_tail_code_sets(real_prevalence, long_tail_percentiles),
-        cooccurrence_codes=top_codes(real_prevalence, N_COOCCURRENCE_CODES),
+        cooccurrence_codes=cooccurrence_codes,
+        has_chapter={name: chapter_incidence(records[name].patient_codes, code_chapter, len(chapter_names))
+                     for name in ("train", "synthetic")},
+        code_pairs={name: code_pair_incidence(records[name].patient_codes, cooccurrence_codes)
+                    for name in ("train", "synthetic")},
     )
     steps.update()
 
