@@ -194,6 +194,14 @@ def test_discriminator_sees_the_batch_mean():
     assert discriminator.net[0].in_features == 10
     records = torch.rand(4, 5)
     alone = discriminator(records)
+    concatenated = torch.cat([records, records.mean(dim=0, keepdim=True).expand(4, 5)], dim=1)
+    assert torch.allclose(alone, discriminator.net(concatenated).view(4), atol=1e-6)  # [x; batch mean] input
+    records.requires_grad_(True)
+    (split,) = torch.autograd.grad(discriminator(records).sum(), records)
+    mean_input = torch.cat([records, records.mean(dim=0, keepdim=True).expand(4, 5)], dim=1)
+    (joined,) = torch.autograd.grad(discriminator.net(mean_input).sum(), records)
+    assert torch.allclose(split, joined, atol=1e-6)  # the generator's gradient also flows through the mean
+    records = records.detach()
     changed = records.clone()
     changed[3] = 1.0  # only the last record changes ...
     assert not torch.allclose(discriminator(changed)[:3], alone[:3])  # ... yet the others' scores move
