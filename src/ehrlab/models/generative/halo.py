@@ -15,12 +15,12 @@ Row layout (the column ids of our vocabulary are reused so that code id == colum
 ====================  =========================================================
 column 0              padding row flag (the vocabulary's ``[PAD]`` id)
 columns 1..V-1        codes, column = code id
-columns V..V+L-1      patient labels (``n_labels`` = L, default 0)
+columns V..V+L-1      patient labels (L = 25 with ``labels: ccs_phenotypes``, else ``n_labels``)
 column V+L            start flag
 column V+L+1          end flag
 ====================  =========================================================
 
-Rows: 0 = start row; 1 = label row (only when ``n_labels > 0``); then one row per visit; the
+Rows: 0 = start row; 1 = label row (only with labels, L > 0); then one row per visit; the
 **last visit's row also carries the end flag**; rows after it are padding rows. The end flag
 sits in the last visit rather than in a row of its own because that is what the reference
 code (``HALO_Inpatient``, ``get_batch``: "Set the final visit to have the end token") does;
@@ -35,10 +35,33 @@ never cuts a record itself, and refuses data with a longer patient, naming that 
 Generation never emits ``[PAD]`` or ``[UNK]`` (the vocabulary's stand-in for held-out codes
 the training split lacks) nor the start flag in a generated row: their columns are masked.
 
-Decision, labels: our generation task has no CCS phenotype labels, so ``n_labels`` defaults
-to 0 and then the label row is left out altogether, as the reference's label-free variant
-does (visits start at row 1). With ``n_labels > 0`` the batch must carry ``labels``
-(float [B, n_labels]) and the label row is modelled and sampled like any row.
+Labels (``labels``, F.4: HALO conditions on the 25 CCS phenotypes of the MIMIC-III
+benchmark, ``ehrlab.data.phenotypes``):
+
+- ``labels: none`` (default) with ``n_labels: 0``: no label row at all, as the reference's
+  label-free variant (visits start at row 1).
+- ``labels: ccs_phenotypes``: the label row holds the 25 phenotypes (``label_names`` =
+  ``PHENOTYPES``). A training patient's label row is the OR over the codes of its visits of
+  the code-to-phenotype matrix, derived from the batch itself (no label data needed; the
+  labels describe exactly the codes the model is shown, so that generated records can be
+  checked against the labels they were asked for). The row is modelled like any row; in
+  generation it is sampled first, or fixed to ``generate(labels=...)`` and the visits sampled
+  given it.
+- ``labels: none`` with ``n_labels`` = L > 0: a label row of L hand-set labels read from
+  ``batch["labels"]`` (float [B, L], named ``label_0`` ..): kept for tests and data sets
+  that carry their own labels.
+
+Decision, label row sampling: a sampled label row may set label columns only, and a visit
+row never sets them. No training row of either kind ever does, so holding those columns at 0
+only rules out what the data never shows (the reference leaves them to the model's small
+learned probabilities).
+
+Speed (issue item 8; same functions as the plain versions, tests check it): the fine
+module's masked layers are blocked lower-triangular products that skip the zero blocks
+(``MaskedLinear``; blocks of 512 features: at the paper's width, ~7,700, the diagonal
+blocks waste ~7% of the ideal half, while each block costs a few kernel launches), and
+generation caches each coarse layer's keys and values, so a new
+row costs one row's forward (``CoarseTransformer.step``).
 
 Decision, loss: masked binary cross-entropy averaged over the valid rows' entries (the
 reference averages over all entries, padded rows included, which only rescales it), computed
@@ -53,25 +76,95 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ehrlab.data.phenotypes import PHENOTYPES, patient_phenotypes, phenotype_matrix
 from ehrlab.data.schema import UNKNOWN_CODE
 from ehrlab.errors import UserInputError
 from ehrlab.models.generative.base import Generator
+
+#: one layer's cached keys and values, each [patients, n_head, rows so far, head_dim]
+KeyValues = tuple[torch.Tensor, torch.Tensor]
+
+
+FINE_BLOCK_SIZE = 512
+
+
+class _BlockLowerTriangularLinear(torch.autograd.Function):
+    """``x @ tril(W)^T + b`` computed block by block, skipping the blocks above the diagonal.
+
+    The features are cut into blocks of ``block`` (the last may be shorter). Output block
+    ``i`` is ``x[:, :s_i] @ W[i, :s_i]^T`` (the dense blocks left of the diagonal, one
+    matmul) plus ``x_i @ tril(W_ii)^T`` (the diagonal block, masked). The backward pass
+    writes the weight gradient of those same entries only (the rest stay exactly zero, as
+    under the dense mask) and the input gradient column block by column block from the
+    blocks on and below the diagonal. Same function as the dense masked product, about half
+    its multiply-adds, and no [F, F] masked copy of the weight per call.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, block):
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        features = weight.shape[0]
+        out = torch.empty(flat.shape[0], features, dtype=flat.dtype, device=flat.device)
+        for start in range(0, features, block):
+            end = min(start + block, features)
+            part = torch.addmm(bias[start:end], flat[:, start:end], weight[start:end, start:end].tril().t())
+            if start:
+                part = part.addmm_(flat[:, :start], weight[start:end, :start].t())
+            out[:, start:end] = part
+        ctx.save_for_backward(flat, weight)
+        ctx.block, ctx.input_shape = block, inputs.shape
+        return out.reshape(*inputs.shape[:-1], features)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        flat, weight = ctx.saved_tensors
+        block, features = ctx.block, weight.shape[0]
+        grad = grad_output.reshape(-1, features)
+        grad_inputs = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_inputs = torch.empty_like(flat)
+            for start in range(0, features, block):  # input column block j: output blocks j.. see it
+                end = min(start + block, features)
+                part = grad[:, start:end] @ weight[start:end, start:end].tril()
+                if end < features:
+                    part = part.addmm_(grad[:, end:], weight[end:, start:end])
+                grad_inputs[:, start:end] = part
+            grad_inputs = grad_inputs.reshape(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight)
+            for start in range(0, features, block):
+                end = min(start + block, features)
+                grad_weight[start:end, :end] = grad[:, start:end].t() @ flat[:, :end]
+                grad_weight[start:end, start:end] = grad_weight[start:end, start:end].tril()
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=0)
+        return grad_inputs, grad_weight, grad_bias, None
 
 
 class MaskedLinear(nn.Linear):
     """Square linear layer whose output ``i`` sees inputs ``0..i`` only (lower-triangular).
 
     The fine module of HALO (F.4: "masked linear layers that enforce causal dependencies").
-    Entries above the diagonal are multiplied by zero in every forward pass, so they neither
-    act nor receive gradient.
+    Entries above the diagonal never act and never receive gradient. The product is blocked
+    lower-triangular (``_BlockLowerTriangularLinear``, issue item 8): the zero blocks are
+    skipped instead of multiplying ``weight * mask`` densely. Parameters (``weight`` [F, F],
+    ``bias`` [F]) are those of the dense layer, so checkpoints of either load in the other;
+    the entries above the diagonal are kept (initialised, never used or updated).
+    ``_dense`` switches back to the dense masked product (the benchmark's reference only).
     """
 
-    def __init__(self, features: int):
+    _dense = False
+
+    def __init__(self, features: int, block_size: int = FINE_BLOCK_SIZE):
         super().__init__(features, features, bias=True)
+        self.block_size = block_size
         self.register_buffer("mask", torch.tril(torch.ones(features, features)), persistent=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return F.linear(inputs, self.weight * self.mask, self.bias)
+        if self._dense:
+            return F.linear(inputs, self.weight * self.mask, self.bias)
+        return _BlockLowerTriangularLinear.apply(inputs, self.weight, self.bias, self.block_size)
 
 
 class FineAutoregressiveHead(nn.Module):
@@ -118,6 +211,18 @@ class CausalSelfAttention(nn.Module):
         )
         return self.residual_dropout(self.projection(attended.transpose(1, 2).reshape(batch, length, width)))
 
+    def step(self, x: torch.Tensor, past: KeyValues | None) -> tuple[torch.Tensor, KeyValues]:
+        """One new row per patient, ``x`` [P, 1, n_embd], attending to the cached keys/values
+        of its earlier rows (``past``: two [P, n_head, t, head_dim]) and to itself; returns the
+        output [P, 1, n_embd] and the cache grown by this row. (Generation only: eval mode.)"""
+        batch, _, width = x.shape
+        q, k, v = self.qkv(x).view(batch, 1, 3, self.n_head, width // self.n_head).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        attended = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)  # the last row sees every row
+        return self.projection(attended.transpose(1, 2).reshape(batch, 1, width)), (k, v)
+
 
 class TransformerBlock(nn.Module):
     """GPT-2 block: pre-layer-norm causal attention and a 4x GELU MLP, both residual."""
@@ -137,6 +242,11 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm_attention(x))
         return x + self.mlp(self.norm_mlp(x))
+
+    def step(self, x: torch.Tensor, past: KeyValues | None) -> tuple[torch.Tensor, KeyValues]:
+        attended, present = self.attention.step(self.norm_attention(x), past)
+        x = x + attended
+        return x + self.mlp(self.norm_mlp(x)), present
 
 
 class CoarseTransformer(nn.Module):
@@ -177,12 +287,38 @@ class CoarseTransformer(nn.Module):
             x = block(x)
         return self.final_norm(x)
 
+    def step(
+        self, row: torch.Tensor, position: int, past: list[KeyValues] | None
+    ) -> tuple[torch.Tensor, list[KeyValues]]:
+        """Key/value-cached forward of one new row per patient (generation).
+
+        ``row`` [P, row_width] is row ``position`` of P patients whose rows ``0..position-1``
+        are cached in ``past`` (one (keys, values) pair per layer, rows of the cache = the P
+        patients, in order; None at position 0). Returns ``h_position`` [P, n_embd], the same
+        as ``forward(rows)[:, position]``, and the cache grown by this row. A caller that
+        drops patients indexes every cached tensor's first dimension the same way.
+        """
+        x = self.visit_embedding(row[:, None]) + self.position_embedding.weight[position]
+        present = []
+        for layer, block in enumerate(self.blocks):
+            x, layer_cache = block.step(x, None if past is None else past[layer])
+            present.append(layer_cache)
+        return self.final_norm(x)[:, 0], present
+
 
 EXPECTED_CODES_PER_VISIT = 10
 
 
+LABEL_SOURCES = ("none", "ccs_phenotypes")
+
+
 class HALO(Generator):
-    """HALO generator (seed 002 §2.5, F.4); sizes default to Table 8 (12 layers, 768, 12 heads)."""
+    """HALO generator (seed 002 §2.5, F.4); sizes default to Table 8 (12 layers, 768, 12 heads).
+
+    ``labels`` chooses the label row (see the module docstring): ``"none"`` (the default; a
+    label row only with hand-set ``n_labels`` > 0 and ``batch["labels"]``) or
+    ``"ccs_phenotypes"`` (HALO's 25 CCS phenotypes, derived from each patient's codes).
+    """
 
     def __init__(
         self,
@@ -192,6 +328,7 @@ class HALO(Generator):
         n_head: int = 12,
         n_ctx: int = 48,
         n_positions: int = 56,
+        labels: str = "none",
         n_labels: int = 0,
         dropout: float = 0.1,
         layer_norm_epsilon: float = 1e-5,
@@ -207,6 +344,20 @@ class HALO(Generator):
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
         if n_ctx > n_positions:
             raise ValueError(f"n_ctx ({n_ctx}) cannot exceed n_positions ({n_positions})")
+        if labels not in LABEL_SOURCES:
+            raise UserInputError(f"model.labels={labels!r}: choose one of {list(LABEL_SOURCES)}.")
+        if labels == "ccs_phenotypes":
+            if n_labels not in (0, len(PHENOTYPES)):
+                raise UserInputError(f"model.labels=ccs_phenotypes sets {len(PHENOTYPES)} labels; drop model.n_labels "
+                                     f"(got {n_labels}).")
+            n_labels = len(PHENOTYPES)
+            self.label_names = PHENOTYPES
+            # Code id -> phenotypes; derived from the vocabulary, so not part of the checkpoint.
+            self.register_buffer("code_phenotypes", torch.from_numpy(phenotype_matrix(self.vocabulary).copy()),
+                                 persistent=False)
+        elif n_labels:
+            self.label_names = tuple(f"label_{i}" for i in range(n_labels))
+        self.label_source = labels
         self.n_labels = n_labels
         self.label_columns = slice(self.vocab_size, self.vocab_size + n_labels)
         self.start_column = self.vocab_size + n_labels
@@ -215,14 +366,22 @@ class HALO(Generator):
         self.row_width = self.vocab_size + n_labels + 2
         self.first_visit_row = 2 if n_labels else 1
         self.max_visits = n_ctx - self.first_visit_row
-        # Columns a generated row never sets (see sample_row).
+        # Columns a generated visit row never sets (see sample_row); a label row sets label columns only.
         self.never_sampled = [self.pad_column, self.start_column] + [
             column for column, code in enumerate(self.vocabulary) if code == UNKNOWN_CODE]
+        visit_columns = torch.ones(self.row_width, dtype=torch.bool)
+        visit_columns[self.never_sampled + list(range(self.row_width))[self.label_columns]] = False
+        label_row_columns = torch.zeros(self.row_width, dtype=torch.bool)
+        label_row_columns[self.label_columns] = True
+        self.register_buffer("visit_columns", visit_columns, persistent=False)
+        self.register_buffer("label_row_columns", label_row_columns, persistent=False)
         self.coarse = CoarseTransformer(
             self.row_width, n_layer, n_embd, n_head, n_positions, dropout, layer_norm_epsilon, initializer_range
         )
         self.fine = FineAutoregressiveHead(n_embd, self.row_width)
         self._initialise_row_prior(n_embd)
+        #: key/value cache in generation (the uncached path is kept for the equivalence test)
+        self._kv_cache = True
 
     def _initialise_row_prior(self, n_embd: int) -> None:
         """Start each column's logit at a sparse prior instead of p = 0.5.
@@ -259,6 +418,15 @@ class HALO(Generator):
                 f"task.max_visits={self.max_visits} (task.keep_visits chooses the first or last ones), or raise "
                 f"model.n_ctx (and model.n_positions).")
 
+    def batch_labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The label row's label part, float [B, n_labels]: with ``labels=ccs_phenotypes`` the
+        OR over the patient's codes of the code-to-phenotype matrix; else ``batch["labels"]``."""
+        if self.label_source == "ccs_phenotypes":
+            return patient_phenotypes(batch["codes"], self.code_phenotypes).float()
+        if "labels" not in batch:
+            raise ValueError(f"HALO with n_labels={self.n_labels} needs batch['labels'] [B, n_labels]")
+        return batch["labels"].float()
+
     def rows_from_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-hot rows [B, T, row_width] and the mask [B, T-1] of rows 1.. that carry loss.
 
@@ -282,9 +450,7 @@ class HALO(Generator):
         head = torch.zeros(n_patients, self.first_visit_row, self.row_width, device=codes.device)
         head[:, 0, self.start_column] = 1.0
         if self.n_labels:
-            if "labels" not in batch:
-                raise ValueError(f"HALO with n_labels={self.n_labels} needs batch['labels'] [B, n_labels]")
-            head[:, 1, self.label_columns] = batch["labels"].float()
+            head[:, 1, self.label_columns] = self.batch_labels({**batch, "codes": codes})
         rows = torch.cat([head, visit_rows], dim=1)
         carries_loss = torch.cat([torch.ones_like(head[:, 1:, 0], dtype=torch.bool), is_real], dim=1)
         return rows, carries_loss
@@ -302,8 +468,15 @@ class HALO(Generator):
 
     # -- generation (F.4 "Generation Procedure", Table 9) -----------------------------------
 
-    def sample_row(self, history: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample_row(
+        self, history: torch.Tensor, generator: torch.Generator, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One multi-hot row per history vector [P, n_embd], sampled column by column.
+
+        ``allowed`` (bool [row_width]) lists the columns the row may set: by default a visit
+        row's (codes and the end flag; never ``[PAD]``, ``[UNK]``, the start flag nor label
+        columns), ``label_row_columns`` for the label row. The others are held at 0, which is
+        what every training row of that kind shows, so this conditions exactly on them.
 
         Exact ancestral sampling with few fine-module calls: each pass draws every undecided
         column at once from the logits given the row so far (undecided columns still 0).
@@ -313,14 +486,14 @@ class HALO(Generator):
         one, batched over patients. (The reference keeps draws up to the first 1 over the
         whole batch; per patient needs fewer passes.)
         """
+        allowed = self.visit_columns if allowed is None else allowed
         n_patients = history.shape[0]
         row = torch.zeros(n_patients, self.row_width, device=history.device)
         columns = torch.arange(self.row_width, device=history.device)
         first_undecided = torch.zeros(n_patients, dtype=torch.long, device=history.device)
         active = torch.arange(n_patients, device=history.device)  # patients with columns left to draw
         while active.numel():
-            probabilities = torch.sigmoid(self.fine(history[active], row[active]))
-            probabilities[:, self.never_sampled] = 0.0
+            probabilities = torch.sigmoid(self.fine(history[active], row[active])) * allowed
             uniform = torch.rand(active.numel(), self.row_width, generator=generator, device=history.device)
             drawn = (uniform < probabilities) & (columns >= first_undecided[active, None])
             has_one = drawn.any(dim=1)
@@ -331,22 +504,42 @@ class HALO(Generator):
         return row
 
     def sample_codes(
-        self, n: int, generator: torch.Generator
+        self, n: int, generator: torch.Generator, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows from the start row until every patient has emitted the end flag or n_ctx rows."""
+        """Rows from the start row until every patient has emitted the end flag or n_ctx rows.
+
+        A label-conditioned model samples the label row first, or, given ``labels`` (float
+        [n, n_labels]), takes it as the label row and samples the visits given it (F.4:
+        conditional generation). Each new row costs one row's pass through the coarse
+        transformer: the keys and values of the earlier rows are cached per layer, and the
+        cache loses the rows of the patients that have finished.
+        """
+        if labels is not None and (not self.n_labels or tuple(labels.shape) != (n, self.n_labels)):
+            raise ValueError(f"labels must be [n={n}, n_labels={self.n_labels}], got {tuple(labels.shape)}")
         rows = torch.zeros(n, self.hparams.n_ctx, self.row_width, device=self.device)
         rows[:, 0, self.start_column] = 1.0
-        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if labels is not None:
+            rows[:, 1, self.label_columns] = labels.to(rows)
+        active = torch.arange(n, device=self.device)  # unfinished patients, in order
+        cache = None
         for position in range(1, self.hparams.n_ctx):
             # Finished patients keep all-zero rows and leave the batch (fewer rows to run).
-            unfinished = (~finished).nonzero().squeeze(1)
-            history = self.coarse(rows[unfinished, :position])[:, -1]
+            if self._kv_cache:
+                history, cache = self.coarse.step(rows[active, position - 1], position - 1, cache)
+            else:
+                history = self.coarse(rows[active, :position])[:, -1]
+            if position < self.first_visit_row:  # the label row
+                if labels is None:
+                    rows[active, position] = self.sample_row(history, generator, self.label_row_columns)
+                continue
             row = self.sample_row(history, generator)
-            rows[unfinished, position] = row
-            if position >= self.first_visit_row:
-                finished[unfinished] = row[:, self.end_column].bool()
-            if finished.all():
+            rows[active, position] = row
+            going_on = ~row[:, self.end_column].bool()
+            active = active[going_on]
+            if not active.numel():
                 break
+            if cache is not None:
+                cache = [(keys[going_on], values[going_on]) for keys, values in cache]
         visit_codes = rows[:, self.first_visit_row :, 1 : self.vocab_size]
         patient, visit, column = visit_codes.nonzero(as_tuple=True)
         return patient, visit, column + 1
