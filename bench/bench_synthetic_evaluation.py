@@ -2,6 +2,9 @@
 
     python bench/bench_synthetic_evaluation.py                 # 1k, 5k, 10k patients per set
     python bench/bench_synthetic_evaluation.py --sizes 1000 10000 50000 --privacy-only-above 10000
+    python bench/bench_synthetic_evaluation.py --cases 45517,5000,10000 150000,30000,50000
+        # training,held-out,synthetic patients: the whole suite with the seconds of each stage
+
 
 Each size runs in a fresh subprocess so its peak RSS is its own. Data: three independent
 samples (training, held-out, synthetic) of the same generator: 1 + Geometric visits per
@@ -72,15 +75,60 @@ def run_one(n_patients: int, privacy_only: bool) -> dict:
     return result
 
 
+STAGES = {  # the suite's stages, by the function that does each
+    "records": "build_records",
+    "bootstrap + population metrics": "_population_metrics",
+    "NNAAR distances": "privacy_distances",
+    "long-tail MIA": "attack_distances",
+    "LSTM discriminator": "lstm_discriminator",
+    "Random Forest discriminator": "random_forest_discriminator",
+    "plots": "write_all",
+}
+
+
+def run_case(n_train: int, n_test: int, n_synthetic: int) -> dict:
+    """The whole suite on one case, profiled: total seconds, each stage's and the peak RSS."""
+    import cProfile
+    import pstats
+
+    from ehrlab.evaluation.synthetic import evaluate_synthetic
+
+    tables = [mimic_like(n, seed) for n, seed in ((n_train, 1), (n_test, 2), (n_synthetic, 3))]
+    profile = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as out_dir:
+        start = time.perf_counter()
+        profile.runcall(evaluate_synthetic, *tables, out_dir, progress=False)
+        total = time.perf_counter() - start
+    stats = pstats.Stats(profile).stats
+    stages = {name: sum(v[3] for (_, _, function), v in stats.items() if function == target)
+              for name, target in STAGES.items()}
+    return {"total_s": total, "stages": stages, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 10000])
     parser.add_argument("--privacy-only-above", type=int, default=None, help="skip the full suite above this size")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--privacy-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", nargs="*", help="training,held-out,synthetic patient counts (one run each)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.privacy_only)))
+        return
+    if args.case:
+        print(json.dumps(run_case(*map(int, args.case.split(",")))))
+        return
+    if args.cases:
+        print("| training / held-out / synthetic | whole suite (s) | " + " | ".join(STAGES) + " | peak RSS (GiB) |")
+        print("|---|---|" + "---|" * len(STAGES) + "---|")
+        for case in args.cases:
+            output = subprocess.run([sys.executable, __file__, "--case", case], check=True, capture_output=True, text=True)
+            row = json.loads(output.stdout.strip().splitlines()[-1])
+            sizes = " / ".join(f"{int(n):,}" for n in case.split(","))
+            stages = " | ".join(f"{row['stages'][name]:.1f}" for name in STAGES)
+            print(f"| {sizes} | {row['total_s']:.1f} | {stages} | {row['peak_rss_gib']:.2f} |", flush=True)
         return
     print("| patients per set | visits/patient | codes/visit | NNAAR + MIA (s) | whole suite (s) | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|")

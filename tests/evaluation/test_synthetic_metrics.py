@@ -308,6 +308,9 @@ def test_vectorised_distance_matches_the_definition_with_dense_and_sparse_column
     self_expected = np.array([[_reference_distance([set(v) for v in a], [set(v) for v in b]) for b in a_records.values()] for a in a_records.values()])
     np.fill_diagonal(self_expected, 10**6)
     np.testing.assert_array_equal(nearest_other_distances(left), self_expected.min(axis=1))
+    # Blocks computed by several threads reduce to the same distances.
+    np.testing.assert_array_equal(nearest_other_distances(left, n_jobs=3), self_expected.min(axis=1))
+    np.testing.assert_array_equal(nearest_distances(left, right, n_jobs=3)[1], expected.min(axis=0))
 
 
 def test_cooccurrence_through_the_pair_incidence_equals_the_weighted_product():

@@ -20,8 +20,9 @@ MIMIC-like data) slowly. Those "head" columns go through one dense float32 matri
 that also carries the other terms (augmented rows [−2·head, 1, S(a) + 1, −onehot(n)] and
 [head, S(b), 1, onehot(m)] give −2·a·b|head + S(a) + S(b) + 1 − 1[n = m]); the remaining
 "tail" columns are a sparse product with a sparse result, subtracted twice. float32 holds
-these small integers exactly. The dense product runs on one BLAS thread: on a shared 2-core
-machine a multithreaded BLAS was up to 40× slower.
+these small integers exactly. Each block's dense product runs on one BLAS thread (on a shared
+2-core machine a multithreaded BLAS was up to 40× slower); instead, ``n_jobs`` threads compute
+whole blocks side by side.
 
 NNAAR (§3.2, after Yale et al. / HALO):
     AA_XS = ½ [ mean_{x∈X} 1(d(x,S) > d(x,X∖x)) + mean_{s∈S} 1(d(s,X) > d(s,S∖s)) ]
@@ -52,6 +53,8 @@ one number.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,65 +103,90 @@ def align_visits(
     return AlignedRecords(rows=rows, total_codes=np.diff(rows.indptr), n_visits=records.visits_per_patient)
 
 
-def _distance_blocks(a: AlignedRecords, b: AlignedRecords, *, exclude_self: bool, upper: bool = False):
-    """Yield (row start, float32 block of d(a_i, b_j)) per chunk of a's rows.
+class _DistanceOperands:
+    """What every block of d(a_i, b_j) is computed from, prepared once per pair of sets."""
 
-    exclude_self (b is a): d(a_i, a_i) is made huge. upper (b is a): the block of rows
-    [start, stop) holds the columns from ``start`` on only, i.e. the pairs i ≤ j; the distance
-    is symmetric, so the pairs j < i were in an earlier block, as its columns.
-    """
-    column_pairs = np.diff(a.rows.tocsc().indptr) + np.diff(b.rows.tocsc().indptr)
-    head = np.sort(np.argsort(-column_pairs, kind="stable")[:DENSE_COLUMNS])
-    is_tail = np.ones(a.rows.shape[1], bool)
-    is_tail[head] = False
-    visit_counts = np.union1d(a.n_visits, b.n_visits)
+    def __init__(self, a: AlignedRecords, b: AlignedRecords):
+        column_pairs = np.diff(a.rows.tocsc().indptr) + np.diff(b.rows.tocsc().indptr)
+        head = np.sort(np.argsort(-column_pairs, kind="stable")[:DENSE_COLUMNS])
+        is_tail = np.ones(a.rows.shape[1], bool)
+        is_tail[head] = False
+        visit_counts = np.union1d(a.n_visits, b.n_visits)
 
-    def visit_count_one_hot(n_visits: np.ndarray) -> np.ndarray:
-        return (n_visits[:, None] == visit_counts[None, :]).astype(np.float32)
+        def visit_count_one_hot(n_visits: np.ndarray) -> np.ndarray:
+            return (n_visits[:, None] == visit_counts[None, :]).astype(np.float32)
 
-    left = np.hstack(
-        [
-            -2 * a.rows[:, head].toarray(),
-            np.ones((a.rows.shape[0], 1)),
-            a.total_codes[:, None] + 1,
-            -visit_count_one_hot(a.n_visits),
-        ]
-    ).astype(np.float32)
-    right = np.hstack(
-        [b.rows[:, head].toarray(), b.total_codes[:, None], np.ones((b.rows.shape[0], 1)), visit_count_one_hot(b.n_visits)]
-    ).astype(np.float32)
-    a_tail = a.rows[:, is_tail].tocsr()
-    b_tail = b.rows[:, is_tail].tocsr()
-    chunk_rows = max(1, min(CHUNK_ROWS, BLOCK_ENTRIES // max(1, b.rows.shape[0])))
-    for start in range(0, a.rows.shape[0], chunk_rows):
-        stop = min(start + chunk_rows, a.rows.shape[0])
+        self.left = np.hstack([-2 * a.rows[:, head].toarray(), np.ones((a.rows.shape[0], 1)), a.total_codes[:, None] + 1,
+                               -visit_count_one_hot(a.n_visits)]).astype(np.float32)
+        self.right = np.hstack([b.rows[:, head].toarray(), b.total_codes[:, None], np.ones((b.rows.shape[0], 1)),
+                                visit_count_one_hot(b.n_visits)]).astype(np.float32)
+        self.a_tail = a.rows[:, is_tail].tocsr()
+        self.b_tail = b.rows[:, is_tail].tocsr()
+        self.n_rows, self.n_columns = a.rows.shape[0], b.rows.shape[0]
+        self.chunk_rows = max(1, min(CHUNK_ROWS, BLOCK_ENTRIES // max(1, self.n_columns)))
+
+    def block(self, start: int, *, exclude_self: bool, upper: bool) -> np.ndarray:
+        """float32 d(a_i, b_j) for the rows [start, start + chunk_rows); see `_blocks`."""
+        stop = min(start + self.chunk_rows, self.n_rows)
         first_column = start if upper else 0
-        with threadpool_limits(limits=1, user_api="blas"):
-            block = left[start:stop] @ right[first_column:].T
-        tail = (a_tail[start:stop] @ b_tail[first_column:].T).tocoo()
+        block = self.left[start:stop] @ self.right[first_column:].T
+        tail = (self.a_tail[start:stop] @ self.b_tail[first_column:].T).tocoo()
         block[tail.row, tail.col] -= 2 * tail.data
         if exclude_self:
             local = np.arange(stop - start)
             block[local, start - first_column + local] = _FAR
-        yield start, block
+        return block
+
+
+def _blocks(a: AlignedRecords, b: AlignedRecords, reduce, *, exclude_self: bool = False, upper: bool = False,
+            workers: int = 1):
+    """``reduce(start, block)`` of every row block of d(a_i, b_j), in row order.
+
+    exclude_self (b is a): d(a_i, a_i) is made huge. upper (b is a): the block of rows
+    [start, stop) holds the columns from ``start`` on only, i.e. the pairs i ≤ j; the distance
+    is symmetric, so the pairs j < i were in an earlier block, as its columns.
+
+    ``workers`` threads compute blocks at once (matrix products and reductions release the
+    GIL), each with a single-threaded BLAS; at most ``workers`` blocks are alive at a time, and
+    the results are reduced in row order.
+    """
+    operands = _DistanceOperands(a, b)
+    starts = range(0, operands.n_rows, operands.chunk_rows)
+
+    def reduced(start: int):
+        return reduce(start, operands.block(start, exclude_self=exclude_self, upper=upper))
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        if workers <= 1:
+            yield from map(reduced, starts)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(reduced, starts)
+
+
+def _workers(n_jobs: int) -> int:
+    """joblib's convention: -1 = every core, -2 = all but one, n > 0 = n."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, n_jobs if n_jobs > 0 else cores + 1 + n_jobs))
 
 
 def distance_matrix(a: AlignedRecords, b: AlignedRecords) -> np.ndarray:
     """All pairwise §3.2.1 distances as a dense int array (small inputs; tests, reports)."""
-    return np.vstack([block for _, block in _distance_blocks(a, b, exclude_self=False)]).astype(np.int64)
+    return np.vstack(list(_blocks(a, b, lambda start, block: block))).astype(np.int64)
 
 
-def nearest_distances(a: AlignedRecords, b: AlignedRecords) -> tuple[np.ndarray, np.ndarray]:
+def nearest_distances(a: AlignedRecords, b: AlignedRecords, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(d(a_i, B) for each i, d(b_j, A) for each j): both nearest-neighbour distances of one pass."""
     a_to_b = np.empty(a.rows.shape[0], dtype=np.float32)
     b_to_a = np.full(b.rows.shape[0], _FAR, dtype=np.float32)
-    for start, block in _distance_blocks(a, b, exclude_self=False):
-        a_to_b[start : start + len(block)] = block.min(axis=1)
-        np.minimum(b_to_a, block.min(axis=0), out=b_to_a)
+    minima = _blocks(a, b, lambda start, block: (start, block.min(axis=1), block.min(axis=0)), workers=_workers(n_jobs))
+    for start, row_min, column_min in minima:
+        a_to_b[start : start + len(row_min)] = row_min
+        np.minimum(b_to_a, column_min, out=b_to_a)
     return a_to_b.astype(np.int64), b_to_a.astype(np.int64)
 
 
-def nearest_other_distances(a: AlignedRecords) -> np.ndarray:
+def nearest_other_distances(a: AlignedRecords, n_jobs: int = 1) -> np.ndarray:
     """d(a_i, A ∖ a_i): nearest other record of the same set (duplicates of a_i count).
 
     Half the pairs: each block covers the pairs i ≤ j of its rows (``upper``); its row minima
@@ -168,10 +196,11 @@ def nearest_other_distances(a: AlignedRecords) -> np.ndarray:
     if n < 2:
         return np.full(n, np.nan)
     nearest = np.full(n, _FAR, dtype=np.float32)
-    for start, block in _distance_blocks(a, a, exclude_self=True, upper=True):
-        stop = start + len(block)
-        np.minimum(nearest[start:stop], block.min(axis=1), out=nearest[start:stop])
-        np.minimum(nearest[start:], block.min(axis=0), out=nearest[start:])
+    minima = _blocks(a, a, lambda start, block: (start, block.min(axis=1), block.min(axis=0)),
+                     exclude_self=True, upper=True, workers=_workers(n_jobs))
+    for start, row_min, column_min in minima:
+        np.minimum(nearest[start : start + len(row_min)], row_min, out=nearest[start : start + len(row_min)])
+        np.minimum(nearest[start:], column_min, out=nearest[start:])
     return nearest.astype(np.int64)
 
 
@@ -188,19 +217,22 @@ class PrivacyDistances:
     synthetic_to_synthetic: np.ndarray
 
 
-def privacy_distances(train: PatientRecords, test: PatientRecords, synthetic: PatientRecords) -> PrivacyDistances:
+def privacy_distances(train: PatientRecords, test: PatientRecords, synthetic: PatientRecords,
+                      n_jobs: int = 1) -> PrivacyDistances:
+    """Every nearest-neighbour distance of NNAAR and the MIA, over the full sets (``n_jobs``
+    threads, joblib's convention)."""
     n_positions = int(max(r.visits_per_patient.max() for r in (train, test, synthetic)))
     t, e, s = (align_visits(r, n_positions) for r in (train, test, synthetic))
-    train_to_synthetic, synthetic_to_train = nearest_distances(t, s)
-    test_to_synthetic, synthetic_to_test = nearest_distances(e, s)
+    train_to_synthetic, synthetic_to_train = nearest_distances(t, s, n_jobs)
+    test_to_synthetic, synthetic_to_test = nearest_distances(e, s, n_jobs)
     return PrivacyDistances(
         train_to_synthetic=train_to_synthetic,
         synthetic_to_train=synthetic_to_train,
         test_to_synthetic=test_to_synthetic,
         synthetic_to_test=synthetic_to_test,
-        train_to_train=nearest_other_distances(t),
-        test_to_test=nearest_other_distances(e),
-        synthetic_to_synthetic=nearest_other_distances(s),
+        train_to_train=nearest_other_distances(t, n_jobs),
+        test_to_test=nearest_other_distances(e, n_jobs),
+        synthetic_to_synthetic=nearest_other_distances(s, n_jobs),
     )
 
 
@@ -265,6 +297,7 @@ def attack_distances(
     members: np.ndarray,
     non_members: np.ndarray,
     code_mask: np.ndarray | None = None,
+    n_jobs: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-synthetic distances of the attack records, over the codes in `code_mask` only.
 
@@ -273,6 +306,6 @@ def attack_distances(
     """
     n_positions = int(max(r.visits_per_patient.max() for r in (train, test, synthetic)))
     s = align_visits(synthetic, n_positions, code_mask)
-    member_d, _ = nearest_distances(align_visits(train.subset(members), n_positions, code_mask), s)
-    non_member_d, _ = nearest_distances(align_visits(test.subset(non_members), n_positions, code_mask), s)
+    member_d, _ = nearest_distances(align_visits(train.subset(members), n_positions, code_mask), s, n_jobs)
+    non_member_d, _ = nearest_distances(align_visits(test.subset(non_members), n_positions, code_mask), s, n_jobs)
     return member_d, non_member_d

@@ -226,6 +226,8 @@ def evaluate_synthetic(
         headline NNAAR and MIA always use the full sets, the seven reruns of the ablation are
         subsampled to this size by default to bound the cost (None = full sets).
     mia_max_records: cap on the headline MIA's members (None = the smaller real set).
+    n_jobs: threads of the nearest-neighbour distances and the Random Forest (joblib's
+        convention: -1 = every core).
 
     Raises UserInputError, before writing anything, for tables that cannot be compared: a
     missing column, an empty set, integer codes next to code strings, or a held-out or
@@ -265,7 +267,7 @@ def evaluate_synthetic(
     steps.update()
 
     steps.set_postfix_str("NNAAR and MIA")
-    distances = privacy_distances(records["train"], records["test"], records["synthetic"])
+    distances = privacy_distances(records["train"], records["test"], records["synthetic"], n_jobs=n_jobs)
     members, non_members = attack_sample(records["train"].n_patients, records["test"].n_patients, rng, mia_max_records)
     attacks = {"": (distances.train_to_synthetic[members], distances.test_to_synthetic[non_members], rng.random(2 * len(members)))}
     steps.update()
@@ -278,7 +280,7 @@ def evaluate_synthetic(
             records["train"].n_patients, records["test"].n_patients, rng, long_tail_max_records
         )
         member_d, non_member_d = attack_distances(
-            records["train"], records["test"], records["synthetic"], tail_members, tail_non_members, mask
+            records["train"], records["test"], records["synthetic"], tail_members, tail_non_members, mask, n_jobs
         )
         attacks[f"_{percentile_label(percentile)}"] = (member_d, non_member_d, rng.random(2 * len(member_d)))
     privacy_inputs = _privacy_inputs(distances, attacks)
