@@ -98,7 +98,6 @@ from transformers import (
     DynamicCache,
     EncoderDecoderCache,
 )
-from transformers.modeling_outputs import BaseModelOutput
 
 from ehrlab.data.schema import UNKNOWN_CODE
 from ehrlab.models.generative.base import Generator
@@ -526,14 +525,21 @@ class PromptEHR(Generator):
         logits = filter_top_k_top_p(logits, hp.top_k, hp.top_p)
         return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
 
-    def decoder_step(self, tokens, encoder_hidden, encoder_mask, cache):
-        return self.bart(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
-            attention_mask=encoder_mask,
-            decoder_input_ids=tokens,
+    def decoder_step(self, tokens, encoder_hidden, encoder_mask, cache) -> torch.Tensor:
+        """The decoder's last hidden state [N, d_model] after ``tokens``, extending ``cache``
+        in place. The vocabulary projection is left to the caller, which needs it only for
+        the rows that draw a code."""
+        return self.bart.model.decoder(
+            input_ids=tokens,
+            encoder_hidden_states=encoder_hidden,
+            encoder_attention_mask=encoder_mask,
             use_cache=True,
             **{CACHE_ARGUMENT: cache},
-        ).logits[:, -1]
+        ).last_hidden_state[:, -1]
+
+    def vocabulary_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """BART's output layer: the tied projection plus its final bias."""
+        return self.bart.lm_head(hidden) + self.bart.final_logits_bias
 
     def sample_tokens(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder sequences [n, T] of ``n`` new patients and the visit index of each position.
@@ -563,11 +569,12 @@ class PromptEHR(Generator):
             used[fed == self.visit_start_id] = False
             is_code = self.generatable[fed.clamp(min=0)]
             used[is_code.nonzero().squeeze(1), fed[is_code]] = True
-            logits = self.decoder_step(next_input, encoder_hidden, encoder_mask, cache)
+            hidden = self.decoder_step(next_input, encoder_hidden, encoder_mask, cache)
             draw_here = to_sample[cached, step + 1]
             patients = cached[draw_here]
             if len(patients):
-                tokens[patients, step + 1] = self.guided_sample(logits[draw_here], used[patients], generator)
+                logits = self.vocabulary_logits(hidden[draw_here])
+                tokens[patients, step + 1] = self.guided_sample(logits, used[patients], generator)
             going = last_draw[cached] > step + 1
             n_going = int(going.sum())
             if n_going == 0:
