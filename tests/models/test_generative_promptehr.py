@@ -240,6 +240,40 @@ def test_statistics_refuse_codes_outside_the_vocabulary():
 def test_short_fit_lowers_the_prompt_only_loss(fitted):
     model, data = fitted
     assert mean_prompt_only_loss(model, data) < 0.7 * model.loss_before_fit
+    # Validation logged the prompt-only cross-entropy and its perplexity (F.3's stopping metric).
+    metrics = model.trainer.callback_metrics
+    assert torch.isclose(metrics["val/perplexity"], torch.exp(metrics["val/loss"]), rtol=1e-3)
+
+
+def test_training_with_the_prompts_alone_is_generation_s_input():
+    torch.manual_seed(0)
+    model = small_model(prompt_only_share=1.0).eval()
+    batch = batches(planted_sequences(16, seed=2), 16)[0]
+    with torch.no_grad():
+        assert torch.allclose(model.training_loss(batch), model.prompt_only_loss(batch))
+        # With the record itself in the encoder (no corruption) the input differs.
+        copying = small_model(prompt_only_share=0.0, mask_ratio=0.0, delete_prob=0.0).eval()
+        copying.load_state_dict(model.state_dict())
+        assert not torch.allclose(copying.training_loss(batch), model.prompt_only_loss(batch))
+
+
+def test_linear_schedule_warms_up_over_at_most_a_tenth_of_the_run():
+    model = small_model(
+        warmup_steps=1000,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+        scheduler=functools.partial(get_linear_schedule_with_warmup),
+    )
+    learning_rates = []
+
+    class RecordLearningRate(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            learning_rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    data = batches(planted_sequences(16, seed=3), 8)
+    tiny_trainer(max_steps=20, callbacks=[RecordLearningRate()]).fit(model, DataLoader(data * 10, batch_size=None))
+    # 20 steps: warm-up over 2 (not 1,000), then linear decay to 0.
+    expected = [0.0, 5e-3] + [1e-2 * (20 - s) / 18 for s in range(2, 20)]
+    assert learning_rates == pytest.approx(expected)
 
 
 def test_generate_emits_vocabulary_codes_with_the_sampled_visit_structure(fitted):
