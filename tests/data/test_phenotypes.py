@@ -29,6 +29,7 @@ VOCABULARY = [
     "DIAGNOSIS//ICD//10//A41.9",  # ICD-10 sepsis -> 038.9 -> CCS 2
     "PROCEDURE//ICD//9//38.91",  # a procedure, whatever its digits
     "DIAGNOSIS//ICD//9//272.4",  # hyperlipidaemia (CCS 53)
+    "DIAGNOSIS//ICD//10//R65.21",  # severe sepsis with septic shock
 ]
 
 
@@ -56,12 +57,15 @@ def test_known_icd9_codes_map_to_their_phenotype_only():
 def test_v_codes_unknown_codes_procedures_and_special_entries_have_no_phenotype():
     for code in ["[PAD]", "[UNK]", "DIAGNOSIS//ICD//9//V30.00", "DIAGNOSIS//ICD//9//ZZZ.9", "PROCEDURE//ICD//9//38.91"]:
         assert phenotypes_of(code) == [], code
-    assert ccs_categories(["DIAGNOSIS//ICD//9//V30.00"]) == ["218"]  # grouped, just not a phenotype
+    assert ccs_categories(["DIAGNOSIS//ICD//9//V30.00"]) == [("218",)]  # grouped, just not a phenotype
 
 
-def test_icd10_codes_go_through_the_gem_to_icd9():
+def test_icd10_codes_go_through_the_gem_to_icd9_and_keep_every_target():
     assert phenotypes_of("DIAGNOSIS//ICD//10//I50.9") == ["congestive_heart_failure"]
     assert phenotypes_of("DIAGNOSIS//ICD//10//A41.9") == ["septicemia"]
+    # A GEM combination entry: severe sepsis with septic shock is 785.52 (shock) and 995.92 (sepsis).
+    assert phenotypes_of("DIAGNOSIS//ICD//10//R65.21") == ["septicemia", "shock"]
+    assert ccs_categories(["DIAGNOSIS//ICD//10//R65.21", "DIAGNOSIS//ICD//10//Q99.99"]) == [("2", "249"), ()]
 
 
 def test_matrix_is_cached_read_only_and_shaped_vocabulary_by_phenotype():

