@@ -53,8 +53,8 @@ Decisions where F.1 and the original are silent or disagree with this framework:
   optimisers (autoencoder, discriminator, generator + decoder); one ``optimizer`` factory
   builds them.
 - **One batch size for both phases** (the DataModule's ``data.batch_size``, F.1: 128): the
-  original pretrains with batches of 100, which the single dataloader of a Lightning fit does
-  not offer; the difference is immaterial to a 100-epoch pretraining.
+  original pretrains with batches of 100 and trains the GAN with batches of 1,000; the single
+  dataloader of a Lightning fit offers one size, and F.1 gives 128.
 - **The two discriminator updates of a step see the same real batch** (with fresh noise
   each): a Lightning step receives one batch; the original draws a new random batch for each
   update. An epoch is one pass over the training split, so it has ``N / 128`` generator
@@ -69,9 +69,9 @@ Decisions where F.1 and the original are silent or disagree with this framework:
   of the weights and the seed.
 - **max_count** (count mode's clip) is a persistent buffer: the largest entry of any training
   row seen in training batches (after the first epoch: the largest count of the training
-  split, as the model's batches hold it). It works with any
-  dataloader, is restored from checkpoints, and needs no statistics pass. A model that has
-  never seen a training batch (``max_count`` 0) does not clip from above.
+  split, as the model's batches hold it). It works with any dataloader, is restored from
+  checkpoints, and needs no statistics pass. A model that has never seen a training batch
+  (``max_count`` 0) does not clip from above.
 - **Initialisation**: Xavier-uniform weights, zero biases (the original's ``get_variable``
   default is Glorot-uniform).
 - A training batch of one patient is skipped in the adversarial phase (batch norm cannot
