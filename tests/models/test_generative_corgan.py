@@ -322,3 +322,16 @@ def test_config_composes_to_the_papers_settings(tmp_path):
         assert optimizer.param_groups[0]["lr"] == 1e-3 and tuple(optimizer.param_groups[0]["betas"]) == (0.5, 0.9)
         assert type(optimizer.param_groups[0]["betas"]) is not type(settings.optimizer.betas)  # plain, not ListConfig
     assert [g["lr"] for g in generator.param_groups] == [1e-3, 1e-4]  # generator, then the decoder
+
+
+def test_the_reference_mlp_critic_variant_trains_and_generates():
+    torch.manual_seed(1)
+    data = batches(64, 32, seed=1)
+    model = CorGAN(VOCABULARY, autoencoder_epochs=1, critic_type="mlp",
+                   optimizer=functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.9)))
+    assert [m.out_features for m in model.critic.modules() if isinstance(m, nn.Linear)] == [256, 256, 256, 1]
+    initial = copy.deepcopy(model.critic.state_dict())
+    tiny_trainer(epochs=2).fit(model, train_dataloaders=loader(data))
+    assert _changed(initial, model.critic.state_dict(), "")
+    table = model.generate(10, seed=0, progress=False)
+    assert set(table["code"]) <= set(VOCABULARY[2:])
