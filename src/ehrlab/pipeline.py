@@ -293,8 +293,11 @@ def build_trainer(cfg: DictConfig, model: pl.LightningModule, logger, run_dir: P
                            mode=model.monitor_mode, auto_insert_metric_name=False, enable_version_counter=False)
     # Lightning's save_last only writes when the best checkpoint changes; resuming needs the
     # latest epoch every time, so last.ckpt has its own unmonitored callback.
+    # A model without a monitored metric (a GAN: its losses do not rank models) makes best.ckpt
+    # the latest epoch too; the two callbacks would then share Lightning's state key, which it
+    # refuses, unless they differ in `mode` (unused without a monitor).
     last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+                           mode="max" if model.monitor is None else "min", enable_version_counter=False)
     callbacks = [best, last, RandomStateCheckpoint()]
     patience = getattr(model, "early_stopping_patience", None)
     if patience:
