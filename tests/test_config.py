@@ -23,7 +23,10 @@ from ehrlab.models.cxr.baselines import TableClassifier, TableClassifierPrevLabe
 from ehrlab.models.cxr.clip import CXRCLIP
 from ehrlab.models.cxr.ehrxdiff import EHRXDiff
 from ehrlab.models.generative.gpt import GPTBaseline
+from ehrlab.models.generative.corgan import CorGAN
 from ehrlab.models.generative.halo import HALO
+from ehrlab.models.generative.medgan import MedGAN
+from ehrlab.models.generative.promptehr import PromptEHR
 from ehrlab.models.risk.base import RiskPredictor
 from ehrlab.models.risk.lstm import LSTMBackbone
 from ehrlab.models.risk.meddiffusion import MedDiffusion
@@ -122,7 +125,30 @@ def model_values(cfg) -> dict:
             "positions": coarse.position_embedding.num_embeddings,
             "max_visits": module.max_visits,  # n_ctx - the start row
             "dropout": coarse.embedding_dropout.p,
+            "labels": module.label_names[:1] + module.label_names[-1:],
             **optimizer_values(module.configure_optimizers()),
+        }
+    if isinstance(module, (MedGAN, CorGAN)):
+        # every hyperparameter, and the first of its optimisers (autoencoder, discriminator, generator)
+        optimizers = module.configure_optimizers()
+        values |= {**dict(module.hparams), "batch_size": cfg.data.batch_size, "epochs": cfg.epochs,
+                   "optimizers": len(optimizers), "betas": tuple(optimizers[0].defaults["betas"]),
+                   **optimizer_values(optimizers[0])}
+    if isinstance(module, PromptEHR):
+        bart = module.bart.config
+        module._trainer = SimpleNamespace(estimated_stepping_batches=20_000)  # what the schedule reads
+        configured = module.configure_optimizers()
+        schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        hp = module.hparams
+        values |= {
+            "layers": (bart.encoder_layers, bart.decoder_layers), "width": bart.d_model,
+            "heads": bart.encoder_attention_heads, "max_length": hp.max_length, "dropout": bart.dropout,
+            "sampling": (hp.top_k, hp.top_p, hp.temperature, hp.frequency_guidance),
+            "batch_size": cfg.data.batch_size, "epochs": cfg.epochs,
+            **optimizer_values(configured["optimizer"]),
+            # linear warm-up (F.3: 1,000 steps, at most a tenth of the run), then linear decay to 0
+            "schedule": (configured["lr_scheduler"]["interval"],
+                         [round(schedule(step), 6) for step in (0, 50, 1000, 20_000)]),
         }
     if isinstance(module, TableClassifier):
         encoder = module.table_encoder.transformer.layers
@@ -209,6 +235,25 @@ HALO_PAPER = {  # seed 002 F.4, Table 8
     "class": "HALO", "monitor": ("val/loss", "min"), "layers": 12, "width": 768, "heads": 12, "positions": 56,
     "max_visits": 47, "dropout": 0.1, "optimizer": "Adam", "lr": 1e-4, "weight_decay": 0,
     "gradient_clip_val": None,  # the reference code does not clip
+    "labels": (),  # no label row
+}
+PROMPTEHR = {  # seed 002 F.3: BART-base layout, AdamW (lr: the PyHealth port's), 16 sequences, 20 epochs
+    "class": "PromptEHR", "monitor": ("val/loss", "min"), "layers": (6, 6), "width": 768, "heads": 12,
+    "max_length": 512, "dropout": 0.3, "sampling": (0, 0.95, 1.0, 2.0), "batch_size": 16, "epochs": 20,
+    "optimizer": "AdamW", "lr": 1e-5, "weight_decay": 0.01, "schedule": ("step", [0.0, 0.05, 1.0, 0.0]),
+    "gradient_clip_val": 1.0,
+}
+MEDGAN = {  # seed 002 F.1 (binary mode)
+    "class": "MedGAN", "monitor": (None, "min"), "gradient_clip_val": None, "mode": "binary",
+    "autoencoder_epochs": 100, "epochs": 1100, "batch_size": 128, "latent_dim": 128, "noise_dim": 128,
+    "generator_dims": (128, 128), "discriminator_dims": (256, 128), "discriminator_steps": 2, "threshold": 0.5,
+    "optimizers": 3, "optimizer": "Adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 1e-4,
+}
+CORGAN = {  # seed 002 F.2
+    "class": "CorGAN", "monitor": (None, "min"), "gradient_clip_val": None, "autoencoder_epochs": 10,
+    "epochs": 510, "batch_size": 256, "noise_dim": 128, "critic_type": "conv", "critic_channels": (16, 32, 64),
+    "critic_steps": 5, "gradient_penalty_weight": 10.0, "decoder_lr": 1e-4, "threshold": 0.5, "optimizers": 3,
+    "optimizer": "Adam", "lr": 1e-3, "betas": (0.5, 0.9), "weight_decay": 0,
 }
 GPT = {  # seed 002 F.5 at the CPU default size
     "class": "GPTBaseline", "monitor": ("val/loss", "min"), "layers": 2, "width": 128, "heads": 8, "positions": 512,
@@ -255,7 +300,18 @@ MODELS = {
                           "model_gradient_clip_val": 1.0, "synthetic_ratio": 1.0},
     "halo": HALO_PAPER,
     "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3},
+    # the 25 CCS phenotypes (first and last shown) in a label row, which takes one visit's row
+    "halo_labels": HALO_PAPER | {"labels": ("acute_renal_failure", "shock"), "max_visits": 46},
     "gpt": GPT,
+    "promptehr": PROMPTEHR,
+    "promptehr_small": PROMPTEHR | {"layers": (2, 2), "width": 128, "heads": 4, "dropout": 0.1, "batch_size": 32,
+                                    "epochs": 10, "lr": 1e-3, "schedule": ("step", [0.0, 0.5, 0.954774, 0.0])},
+    "medgan": MEDGAN,
+    "medgan_count": MEDGAN | {"mode": "count"},
+    "medgan_small": MEDGAN | {"autoencoder_epochs": 20, "epochs": 100},  # CPU budget, paper sizes
+    "medgan_count_small": MEDGAN | {"mode": "count", "autoencoder_epochs": 20, "epochs": 100},
+    "corgan": CORGAN,
+    "corgan_small": CORGAN | {"autoencoder_epochs": 5, "epochs": 50, "critic_type": "mlp"},  # CPU budget
     "previous_image": CXR_RULE | {"class": "PreviousImage", "output": "image"},
     "previous_label": CXR_RULE | {"class": "PreviousLabel", "output": "labels"},
     "table_classifier": TABLE_CLASSIFIER,

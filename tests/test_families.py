@@ -27,7 +27,8 @@ def test_every_model_config_builds_a_member_of_a_family(model, make_config):
         built = instantiate(model_cfg, **model_arguments(model_cfg, VOCABULARY))
     family = family_of(built)
     assert family is FAMILIES[built.family]
-    expected = {"halo": "generation", "gpt": "generation", "previous_image": "cxr_forecast",
+    expected = {"halo": "generation", "gpt": "generation", "promptehr": "generation", "medgan": "generation",
+                "corgan": "generation", "previous_image": "cxr_forecast",
                 "previous_label": "cxr_forecast", "table_classifier": "cxr_forecast", "cxr_": "cxr_forecast",
                 "ehrxdiff": "cxr_forecast"}
     assert family.name == next((name for prefix, name in expected.items() if model.startswith(prefix)), "risk")
