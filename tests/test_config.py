@@ -311,7 +311,7 @@ MODELS = {
     "medgan_small": MEDGAN | {"autoencoder_epochs": 20, "epochs": 100},  # CPU budget, paper sizes
     "medgan_count_small": MEDGAN | {"mode": "count", "autoencoder_epochs": 20, "epochs": 100},
     "corgan": CORGAN,
-    "corgan_small": CORGAN | {"autoencoder_epochs": 5, "epochs": 50, "critic_type": "mlp"},  # CPU budget
+    "corgan_small": CORGAN | {"autoencoder_epochs": 5, "epochs": 20, "critic_type": "mlp"},  # CPU budget
     "previous_image": CXR_RULE | {"class": "PreviousImage", "output": "image"},
     "previous_label": CXR_RULE | {"class": "PreviousLabel", "output": "labels"},
     "table_classifier": TABLE_CLASSIFIER,
