@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
@@ -63,7 +64,12 @@ def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict
     records.to_parquet(run_dir / "synthetic.parquet", index=False)
     records.to_csv(run_dir / "synthetic.csv", index=False)
     _, built = build_records({"synthetic": records})
-    return {f"synthetic/{k}": v for k, v in dataset_statistics(built["synthetic"]).items()}  # Table 12's row
+    metrics = {f"synthetic/{k}": v for k, v in dataset_statistics(built["synthetic"]).items()}  # Table 12's row
+    record_labels = model.record_labels(records)
+    if record_labels is not None:  # share of generated patients carrying each label
+        record_labels = record_labels.reindex(pd.unique(records["subject_id"]), fill_value=False)
+        metrics |= {f"synthetic/label_prevalence/{name}": float(record_labels[name].mean()) for name in record_labels}
+    return metrics
 
 
 def evaluate_synthetic_records(cfg: DictConfig, task_data: TaskData, run_dir: Path) -> tuple[dict, list[Path]]:

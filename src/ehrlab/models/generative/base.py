@@ -139,6 +139,13 @@ class Generator(EHRModule):
                                  f"{names}; got {labels}.")
         return torch.tensor([float(v) for v in labels])
 
+    def record_labels(self, records: pd.DataFrame) -> pd.DataFrame | None:
+        """The labels a label-conditioned generator would give each subject of a long table
+        (bool, index ``subject_id``, one column per label name), read from its codes, or None
+        when labels cannot be read from codes. The runner reports their prevalence in the
+        generated records, which shows whether ``generate(labels=...)`` was obeyed."""
+        return None
+
     def generate(self, n: int, seed: int, batch_size: int = 256, progress: bool = True, labels=None) -> pd.DataFrame:
         """``n`` synthetic patients as a long table (``subject_id, visit_id, code``).
 
