@@ -104,7 +104,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrlab.models.generative.flat import FlatGenerator
+from ehrlab.models.generative.flat import AutoencoderGAN
 
 #: F.2's eight strides, encoder order (the decoder uses them in reverse)
 STRIDES = (2, 2, 3, 3, 3, 3, 4, 1)
@@ -279,7 +279,7 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, mix: Tensor 
     return ((gradient.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-class CorGAN(FlatGenerator):
+class CorGAN(AutoencoderGAN):
     """CorGAN (seed 002 §2.3, F.2): see the module docstring for the design and its decisions.
 
     Args:
@@ -298,8 +298,6 @@ class CorGAN(FlatGenerator):
             the generator's (F.2: Adam, lr 1e-3, betas (0.5, 0.9)).
     """
 
-    monitor = None  # a GAN's losses do not rank checkpoints: best.ckpt is the latest epoch
-
     def __init__(
         self,
         vocabulary: list[str],
@@ -313,17 +311,13 @@ class CorGAN(FlatGenerator):
         threshold: float = 0.5,
         optimizer: Any = None,
     ):
-        super().__init__(vocabulary, mode="binary", optimizer=optimizer)
+        super().__init__(vocabulary, "binary", autoencoder_epochs, noise_dim, optimizer)
         critic_channels = tuple(int(c) for c in critic_channels)  # plain data in the checkpoint
         self.save_hyperparameters(ignore=["vocabulary", "optimizer"])
         if critic_type not in CRITIC_TYPES:
             raise ValueError(f"critic_type must be one of {CRITIC_TYPES}, got {critic_type!r}")
-        if autoencoder_epochs < 0 or critic_steps < 1 or decoder_lr < 0:
-            raise ValueError(f"need autoencoder_epochs >= 0, critic_steps >= 1 and decoder_lr >= 0; got "
-                             f"{autoencoder_epochs}, {critic_steps}, {decoder_lr}")
-        self.automatic_optimization = False
-        self.autoencoder_epochs = autoencoder_epochs
-        self.noise_dim = noise_dim
+        if critic_steps < 1 or decoder_lr < 0:
+            raise ValueError(f"need critic_steps >= 1 and decoder_lr >= 0; got {critic_steps}, {decoder_lr}")
         self.critic_steps = critic_steps
         self.gradient_penalty_weight = gradient_penalty_weight
         self.decoder_lr = decoder_lr
@@ -340,20 +334,6 @@ class CorGAN(FlatGenerator):
         logits = self.autoencoder(rows)
         return F.binary_cross_entropy_with_logits(logits, rows, reduction="none").sum(dim=1).mean()
 
-    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """The pretraining phase's loss (reconstruction); the adversarial phase has no single one."""
-        return self.reconstruction_loss(self.patient_matrix(batch))
-
-    def decode_noise(self, noise: Tensor) -> Tensor:
-        """Generated records (probabilities [n, V]) of noise [n, noise_dim]."""
-        return self.autoencoder.decode(self.generator(noise))
-
-    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.noise_dim, generator=generator, device=self.device)
-
-    def in_pretraining(self) -> bool:
-        return self.current_epoch < self.autoencoder_epochs
-
     # -- training -----------------------------------------------------------------------------
 
     def configure_optimizers(self):
@@ -367,11 +347,6 @@ class CorGAN(FlatGenerator):
         generator = self.optimizer_factory(params=generator_groups)
         return [autoencoder, critic, generator]
 
-    def _step(self, optimizer, loss: Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         rows = self.patient_matrix(batch)
         n = rows.shape[0]
@@ -380,7 +355,7 @@ class CorGAN(FlatGenerator):
         autoencoder_opt, critic_opt, generator_opt = self.optimizers()
         if self.in_pretraining():
             loss = self.reconstruction_loss(rows)
-            self._step(autoencoder_opt, loss)
+            self.manual_step(autoencoder_opt, loss)
             self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                      batch_size=n)
             return
@@ -391,11 +366,11 @@ class CorGAN(FlatGenerator):
             real_score, fake_score = self.critic(rows).mean(), self.critic(fake).mean()
             penalty = gradient_penalty(self.critic, rows, fake)
             critic_loss = fake_score - real_score + self.gradient_penalty_weight * penalty
-            self._step(critic_opt, critic_loss)
+            self.manual_step(critic_opt, critic_loss)
 
         self.toggle_optimizer(generator_opt)  # the critic (and the encoder) get no gradient
         generator_loss = -self.critic(self.decode_noise(self.noise(n))).mean()
-        self._step(generator_opt, generator_loss)
+        self.manual_step(generator_opt, generator_loss)
         self.untoggle_optimizer(generator_opt)
 
         logged = {"critic_loss": critic_loss, "gradient_penalty": penalty,
@@ -404,11 +379,6 @@ class CorGAN(FlatGenerator):
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "generator_loss",
                      batch_size=n)
         return
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.training_loss(batch)
-        self.log("val/reconstruction_loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0], sync_dist=True)
-        return loss
 
     # -- generation (§2.3) --------------------------------------------------------------------
 

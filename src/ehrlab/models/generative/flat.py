@@ -59,3 +59,55 @@ class FlatGenerator(Generator):
         if self.mode == "count":
             return patient, visit, code, matrix[patient, code]
         return patient, visit, code
+
+
+class AutoencoderGAN(FlatGenerator):
+    """What MedGAN and CorGAN share: an autoencoder pretrained on the patient rows for
+    ``autoencoder_epochs`` epochs, then a GAN whose generator maps noise into the autoencoder's
+    latent space, decoded into records (seed 002 §2.2–2.3: "trained in two stages").
+
+    One Lightning fit runs both phases under manual optimisation (no private training loop):
+    the phase follows ``current_epoch``, so a resumed run continues in the right one. A
+    subclass builds ``self.autoencoder`` (with ``decode``), ``self.generator`` and its
+    discriminator or critic, and implements ``reconstruction_loss`` and ``training_step``.
+    Validation logs the reconstruction loss; nothing is monitored (``monitor = None``): a GAN's
+    losses do not rank checkpoints, so best.ckpt is the latest epoch.
+    """
+
+    monitor = None
+
+    def __init__(self, vocabulary: list[str], mode: str, autoencoder_epochs: int, noise_dim: int,
+                 optimizer: Any = None):
+        super().__init__(vocabulary, mode=mode, optimizer=optimizer)
+        if autoencoder_epochs < 0:
+            raise ValueError(f"need autoencoder_epochs >= 0, got {autoencoder_epochs}")
+        self.automatic_optimization = False
+        self.autoencoder_epochs = autoencoder_epochs
+        self.noise_dim = noise_dim
+
+    def reconstruction_loss(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pretraining phase's loss (reconstruction); the adversarial phase has no single one."""
+        return self.reconstruction_loss(self.patient_matrix(batch))
+
+    def in_pretraining(self) -> bool:
+        return self.current_epoch < self.autoencoder_epochs
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.noise_dim, generator=generator, device=self.device)
+
+    def decode_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Generated records [n, V] (probabilities, or non-negative counts) of noise [n, noise_dim]."""
+        return self.autoencoder.decode(self.generator(noise))
+
+    def manual_step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.training_loss(batch)
+        self.log("val/reconstruction_loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0], sync_dist=True)
+        return loss

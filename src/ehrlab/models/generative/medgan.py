@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehrlab.models.generative.flat import FlatGenerator
+from ehrlab.models.generative.flat import AutoencoderGAN
 
 #: F.1 hidden (latent) dimension of the autoencoder
 LATENT_DIM = 128
@@ -207,7 +207,7 @@ class MinibatchAveragingDiscriminator(nn.Module):
         return self.net[1:](hidden).view(records.shape[0])
 
 
-class MedGAN(FlatGenerator):
+class MedGAN(AutoencoderGAN):
     """MedGAN (seed 002 §2.2, F.1), binary or count: see the module docstring.
 
     Args:
@@ -225,8 +225,6 @@ class MedGAN(FlatGenerator):
             discriminator's and the generator's (F.1: Adam, lr 1e-3, weight decay 1e-4).
     """
 
-    monitor = None  # a GAN's losses do not rank checkpoints: best.ckpt is the latest epoch
-
     def __init__(
         self,
         vocabulary: list[str],
@@ -240,16 +238,12 @@ class MedGAN(FlatGenerator):
         threshold: float = 0.5,
         optimizer: Any = None,
     ):
-        super().__init__(vocabulary, mode=mode, optimizer=optimizer)
+        super().__init__(vocabulary, mode, autoencoder_epochs, noise_dim, optimizer)
         generator_dims = tuple(int(d) for d in generator_dims)  # plain data in the checkpoint
         discriminator_dims = tuple(int(d) for d in discriminator_dims)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer"])
-        if autoencoder_epochs < 0 or discriminator_steps < 1:
-            raise ValueError(f"need autoencoder_epochs >= 0 and discriminator_steps >= 1; got "
-                             f"{autoencoder_epochs}, {discriminator_steps}")
-        self.automatic_optimization = False
-        self.autoencoder_epochs = autoencoder_epochs
-        self.noise_dim = noise_dim
+        if discriminator_steps < 1:
+            raise ValueError(f"need discriminator_steps >= 1, got {discriminator_steps}")
         self.discriminator_steps = discriminator_steps
         self.threshold = threshold
         self.autoencoder = LinearAutoencoder(self.vocab_size, mode, latent_dim)
@@ -268,20 +262,6 @@ class MedGAN(FlatGenerator):
             return F.binary_cross_entropy_with_logits(raw, rows, reduction="none").sum(dim=1).mean()
         return F.mse_loss(F.relu(raw), rows)
 
-    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """The pretraining phase's loss (reconstruction); the adversarial phase has no single one."""
-        return self.reconstruction_loss(self.patient_matrix(batch))
-
-    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.noise_dim, generator=generator, device=self.device)
-
-    def decode_noise(self, noise: Tensor) -> Tensor:
-        """Generated records [n, V] (probabilities or non-negative counts) of noise [n, noise_dim]."""
-        return self.autoencoder.decode(self.generator(noise))
-
-    def in_pretraining(self) -> bool:
-        return self.current_epoch < self.autoencoder_epochs
-
     # -- training -----------------------------------------------------------------------------
 
     def configure_optimizers(self):
@@ -294,11 +274,6 @@ class MedGAN(FlatGenerator):
             params=list(self.generator.parameters()) + list(self.autoencoder.decoder.parameters()))
         return [autoencoder, discriminator, generator]
 
-    def _step(self, optimizer, loss: Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         rows = self.patient_matrix(batch)
         n = rows.shape[0]
@@ -307,7 +282,7 @@ class MedGAN(FlatGenerator):
         autoencoder_opt, discriminator_opt, generator_opt = self.optimizers()
         if self.in_pretraining():
             loss = self.reconstruction_loss(rows)
-            self._step(autoencoder_opt, loss)
+            self.manual_step(autoencoder_opt, loss)
             self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                      batch_size=n)
             return
@@ -321,22 +296,17 @@ class MedGAN(FlatGenerator):
             # -log D(x) - log(1 - D(G(z))), each averaged over the batch
             discriminator_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
                                   + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-            self._step(discriminator_opt, discriminator_loss)
+            self.manual_step(discriminator_opt, discriminator_loss)
 
         self.toggle_optimizer(generator_opt)  # the discriminator (and the encoder) get no gradient
         fake_logit = self.discriminator(self.decode_noise(self.noise(n)))
         generator_loss = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))  # -log D(G(z))
-        self._step(generator_opt, generator_loss)
+        self.manual_step(generator_opt, generator_loss)
         self.untoggle_optimizer(generator_opt)
 
         self.log("train/discriminator_loss", discriminator_loss.detach(), on_step=True, on_epoch=True, batch_size=n)
         self.log("train/generator_loss", generator_loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=n)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.training_loss(batch)
-        self.log("val/reconstruction_loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0], sync_dist=True)
-        return loss
 
     # -- generation (F.1 "MedGAN Generation") -------------------------------------------------
 
