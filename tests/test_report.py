@@ -316,6 +316,7 @@ def test_generator_sweep_renders_seed_002_tables_and_figures(tmp_path):
     assert "| 2 | 0.800 ± 0.000 | 0.805 ± 0.007 |" in rows[0]  # two seeds: mean ± std
     assert "| 1 | 0.600 [0.550, 0.650] |" in rows[1]  # one job: its bootstrap interval
     assert "| real training |  | 4,000 |" in text and "| real held-out |  | 500 |" in text
+    assert "| medgan | 1 | 10,000 |" in text  # a count without its resampling interval
     assert "### Table 14" in text and "### Tables 2 and 13" in text
     assert "eval/prevalence_r2_p75" not in text  # the long-tail numbers are in the figure and summary.csv
     assert (tmp_path / "figure3_long_tail.png").stat().st_size > 0

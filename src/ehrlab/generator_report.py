@@ -81,7 +81,9 @@ class _Cells:
         if n > 1:
             return f"{_number(mean, metric)} ± {_number(self.stat(model, metric, 'std'), metric)}"
         low, high = self.stat(model, f"{metric}_ci_low"), self.stat(model, f"{metric}_ci_high")
-        if math.isnan(low) or math.isnan(high):
+        if math.isnan(low) or math.isnan(high) or metric.endswith(COUNT_SUFFIXES):
+            # counts (patients, unique codes, top-k overlap) are shown without the interval
+            # that resampling patients gives them: it says little about a count
             return _number(mean, metric)
         return f"{_number(mean, metric)} [{_number(low, metric)}, {_number(high, metric)}]"
 
