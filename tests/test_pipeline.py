@@ -16,6 +16,7 @@ from support import MIMIC3_TINY, SHRINK, run_cli, wandb_records
 from ehrlab import pipeline
 from ehrlab.config import PROJECT_ROOT
 from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
+from ehrlab.errors import UserInputError
 
 RISK_METRICS = ("test/pr_auc", "test/average_precision", "test/f1", "test/kappa", "test/roc_auc")
 
@@ -259,3 +260,19 @@ def test_ddp_on_two_cpu_processes(tmp_path, cache_dir, make_config):
     one_process = pipeline.run(make_config("stage=evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
                                            run_dir=tmp_path / "one_process"))
     assert {k: one_process[k] for k in RISK_METRICS} == pytest.approx({k: metrics[k] for k in RISK_METRICS})
+
+
+def test_halo_labels_generate_requested_labels_and_report_their_prevalence(make_config, tmp_path):
+    """generate.labels reaches HALO's label row, and the run reports the share of generated
+    patients whose codes carry each phenotype (what the label row of a real patient would hold)."""
+    from ehrlab.data.phenotypes import PHENOTYPES, table_phenotypes
+
+    tiny = ["model=halo_labels", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "task=generation",
+            "generate.n_patients=30", "evaluate.n_bootstrap=2", "evaluate.discriminator_epochs=1"]
+    metrics = pipeline.run(make_config(*tiny, "generate.labels=[septicemia,shock]", run_dir=tmp_path / "labels"))
+    synthetic = pd.read_parquet(tmp_path / "labels" / "synthetic.parquet")
+    carried = table_phenotypes(synthetic)
+    for name in PHENOTYPES:
+        assert metrics[f"synthetic/label_prevalence/{name}"] == pytest.approx(carried[name].mean())
+    with pytest.raises(UserInputError, match=r"unknown label\(s\) \['sepsis'\]"):
+        pipeline.run(make_config(*tiny, "generate.labels=[sepsis]", run_dir=tmp_path / "bad"))

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrlab.data.phenotypes import PHENOTYPES, patient_phenotypes, phenotype_matrix
+from ehrlab.data.phenotypes import PHENOTYPES, patient_phenotypes, phenotype_matrix, table_phenotypes
 from ehrlab.data.schema import UNKNOWN_CODE
 from ehrlab.errors import UserInputError
 from ehrlab.models.generative.base import Generator
@@ -433,6 +433,12 @@ class HALO(Generator):
         if "labels" not in batch:
             raise ValueError(f"HALO with n_labels={self.n_labels} needs batch['labels'] [B, n_labels]")
         return batch["labels"].float()
+
+    def record_labels(self, records):
+        """With ``labels=ccs_phenotypes``: the phenotypes each subject's codes carry (what the
+        label row of a real patient with these codes would hold); else None (hand-set labels
+        cannot be read from codes)."""
+        return table_phenotypes(records) if self.label_source == "ccs_phenotypes" else None
 
     def rows_from_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Multi-hot rows [B, T, row_width] and the mask [B, T-1] of rows 1.. that carry loss.
