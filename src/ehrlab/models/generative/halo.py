@@ -78,7 +78,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrlab.data.phenotypes import PHENOTYPES, patient_phenotypes, phenotype_matrix, table_phenotypes
+from ehrlab.data.phenotypes import (
+    PHENOTYPES,
+    patient_phenotypes,
+    phenotype_matrix,
+    table_phenotypes,
+)
 from ehrlab.data.schema import UNKNOWN_CODE
 from ehrlab.errors import UserInputError
 from ehrlab.models.generative.base import Generator
