@@ -110,11 +110,15 @@ def _statistics_table(cells: _Cells, models: list[str]) -> str:
     return _table(rows, ["set", "n", *(name for name, _ in STATISTICS)])
 
 
+R2_FLOOR = -1.0  # R² panels are linear down to here, logarithmic below (worse than a constant)
+
+
 def _line_figure(cells: _Cells, models: list[str], panels, points: list[tuple[str, str]], xlabel: str,
                  path: Path) -> Path | None:
     """One panel per metric, one line per generator over the points (suffix, tick label); error
-    bars: the bootstrap interval of a single job, or ± std over several. None when no job has
-    these metrics."""
+    bars: the bootstrap interval of a single job, or ± std over several. An R² panel whose lines
+    fall below ``R2_FLOOR`` turns logarithmic beyond it (one failed generator at R² = −270 would
+    otherwise flatten every other line). None when no job has these metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +128,7 @@ def _line_figure(cells: _Cells, models: list[str], panels, points: list[tuple[st
     positions = range(len(points))
     drawn = False
     for ax, (title, metric) in zip(axes[0], panels):
+        off_scale = False
         for model in models:
             keys = [f"{metric}_{suffix}" for suffix, _ in points]
             means = [cells.stat(model, key) for key in keys]
@@ -136,7 +141,13 @@ def _line_figure(cells: _Cells, models: list[str], panels, points: list[tuple[st
                           [cells.stat(model, f"{key}_ci_high") - m for m, key in zip(means, keys)]]
             ax.errorbar(positions, means, yerr=errors, marker="o", capsize=3, label=model)
             drawn = True
-        ax.set_title(title)
+            if metric.endswith("_r2") and min(means) < R2_FLOOR:
+                off_scale = True
+        if off_scale:  # linear in [-1, 1], logarithmic beyond: every line stays readable
+            ax.set_yscale("symlog", linthresh=-R2_FLOOR)
+            ax.set_title(f"{title}\n(log scale below {R2_FLOOR:g})")
+        else:
+            ax.set_title(title)
         ax.set_xticks(list(positions), [label for _, label in points])
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
