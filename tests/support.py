@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from torch.utils.data import DataLoader
 
 from ehrlab.config import CONFIG_DIR, PROJECT_ROOT, register_sweeps
 
@@ -112,3 +114,26 @@ def wandb_records(offline_run: Path) -> list:
         if kind in (1, 4):
             records.append(wandb_internal_pb2.Record.FromString(pending))
     return records
+
+
+def to_batch(records: list[list[list[int]]]) -> dict[str, torch.Tensor]:
+    """Patients given as lists of visits of code ids, in the DataModule's batch layout
+    (left-aligned, zero-padded); for the generator tests."""
+    n_visits = max(len(r) for r in records)
+    n_codes = max(len(v) for r in records for v in r)
+    codes = torch.zeros(len(records), n_visits, n_codes, dtype=torch.long)
+    for p, record in enumerate(records):
+        for v, visit in enumerate(record):
+            codes[p, v, : len(visit)] = torch.tensor(visit)
+    lengths = torch.tensor([len(r) for r in records])
+    return {
+        "codes": codes,
+        "n_visits": lengths,
+        "visit_mask": torch.arange(n_visits)[None, :] < lengths[:, None],
+        "subject_id": torch.arange(len(records)),
+    }
+
+
+def prebuilt_loader(batches: list[dict[str, torch.Tensor]]) -> DataLoader:
+    """Prebuilt batches served as they are (batch_size=None: no re-collation)."""
+    return DataLoader(batches, batch_size=None)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
+from support import prebuilt_loader, to_batch
 from transformers import get_cosine_schedule_with_warmup
 
 from ehrlab.models.generative.base import Generator, dense_visit_index
@@ -46,31 +46,9 @@ def planted_visits(n_patients: int, seed: int) -> list[list[list[int]]]:
     return records
 
 
-def to_batch(records: list[list[list[int]]]) -> dict[str, torch.Tensor]:
-    """The DataModule batch layout, left-aligned with zero padding."""
-    n_visits = max(len(r) for r in records)
-    n_codes = max(len(v) for r in records for v in r)
-    codes = torch.zeros(len(records), n_visits, n_codes, dtype=torch.long)
-    for p, record in enumerate(records):
-        for v, visit in enumerate(record):
-            codes[p, v, : len(visit)] = torch.tensor(visit)
-    lengths = torch.tensor([len(r) for r in records])
-    return {
-        "codes": codes,
-        "n_visits": lengths,
-        "visit_mask": torch.arange(n_visits)[None, :] < lengths[:, None],
-        "subject_id": torch.arange(len(records)),
-    }
-
-
 def batches(n_patients: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
     records = planted_visits(n_patients, seed)
     return [to_batch(records[i : i + batch_size]) for i in range(0, n_patients, batch_size)]
-
-
-def loader(data: list[dict[str, torch.Tensor]]) -> DataLoader:
-    """Prebuilt batches served as they are (batch_size=None: no re-collation)."""
-    return DataLoader(data, batch_size=None)
 
 
 def make_model(kind: str, lr: float = 3e-3) -> Generator:
@@ -133,7 +111,7 @@ def fitted(request) -> tuple[str, Generator, list[dict[str, torch.Tensor]]]:
     lr, epochs = {"halo": (1e-2, 30), "gpt": (3e-3, 12)}[request.param]
     model = make_model(request.param, lr=lr)
     before = mean_loss(model, data)
-    tiny_trainer(epochs=epochs).fit(model, train_dataloaders=loader(data), val_dataloaders=loader(data[:2]))
+    tiny_trainer(epochs=epochs).fit(model, train_dataloaders=prebuilt_loader(data), val_dataloaders=prebuilt_loader(data[:2]))
     model.loss_before_fit = before
     return request.param, model, data
 
@@ -201,7 +179,7 @@ def test_trainer_checkpoint_loads_back_and_generates_the_same(fitted, tmp_path):
     kind, model, data = fitted
     trainer = tiny_trainer(epochs=1, max_steps=1)
     model.train()
-    trainer.fit(model, train_dataloaders=loader(data[:1]))
+    trainer.fit(model, train_dataloaders=prebuilt_loader(data[:1]))
     path = tmp_path / f"{kind}.ckpt"
     trainer.save_checkpoint(path)
     loaded = type(model).load_from_checkpoint(path, vocabulary=VOCABULARY)

@@ -19,8 +19,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from support import prebuilt_loader, to_batch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ehrlab.checkpoints import load_model_weights
 from ehrlab.models.generative.corgan import (
@@ -52,25 +52,9 @@ def planted_records(n_patients: int, seed: int) -> list[list[list[int]]]:
     return records
 
 
-def to_batch(records: list[list[list[int]]]) -> dict[str, torch.Tensor]:
-    n_visits = max(len(r) for r in records)
-    n_codes = max(len(v) for r in records for v in r)
-    codes = torch.zeros(len(records), n_visits, n_codes, dtype=torch.long)
-    for p, record in enumerate(records):
-        for v, visit in enumerate(record):
-            codes[p, v, : len(visit)] = torch.tensor(visit)
-    lengths = torch.tensor([len(r) for r in records])
-    return {"codes": codes, "n_visits": lengths, "visit_mask": torch.arange(n_visits)[None, :] < lengths[:, None],
-            "subject_id": torch.arange(len(records))}
-
-
 def batches(n_patients: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
     records = planted_records(n_patients, seed)
     return [to_batch(records[i : i + batch_size]) for i in range(0, n_patients, batch_size)]
-
-
-def loader(data: list[dict[str, torch.Tensor]]) -> DataLoader:
-    return DataLoader(data, batch_size=None)
 
 
 def make_model(**kwargs) -> CorGAN:
@@ -113,7 +97,7 @@ def fitted():
     initial = copy.deepcopy(model.state_dict())
     snapshots = Snapshots()
     trainer = tiny_trainer(AUTOENCODER_EPOCHS + ADVERSARIAL_EPOCHS, callbacks=[snapshots])
-    trainer.fit(model, train_dataloaders=loader(data), val_dataloaders=loader(data[:2]))
+    trainer.fit(model, train_dataloaders=prebuilt_loader(data), val_dataloaders=prebuilt_loader(data[:2]))
     return {"model": model, "data": data, "before": before, "initial": initial, "snapshots": snapshots.by_epoch,
             "metrics": dict(trainer.callback_metrics)}
 
@@ -292,7 +276,7 @@ def test_generate_is_deterministic_for_a_seed_and_leaves_global_rng_alone(fitted
 def test_trainer_checkpoint_loads_back_and_generates_the_same(fitted, tmp_path):
     model, data = fitted["model"], fitted["data"]
     trainer = tiny_trainer(epochs=AUTOENCODER_EPOCHS + 1, max_steps=1)
-    trainer.fit(model, train_dataloaders=loader(data[:1]))
+    trainer.fit(model, train_dataloaders=prebuilt_loader(data[:1]))
     path = tmp_path / "corgan.ckpt"
     trainer.save_checkpoint(path)
     loaded = make_model()
@@ -331,7 +315,7 @@ def test_the_reference_mlp_critic_variant_trains_and_generates():
                    optimizer=functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.9)))
     assert [m.out_features for m in model.critic.modules() if isinstance(m, nn.Linear)] == [256, 256, 256, 1]
     initial = copy.deepcopy(model.critic.state_dict())
-    tiny_trainer(epochs=2).fit(model, train_dataloaders=loader(data))
+    tiny_trainer(epochs=2).fit(model, train_dataloaders=prebuilt_loader(data))
     assert _changed(initial, model.critic.state_dict(), "")
     table = model.generate(10, seed=0, progress=False)
     assert set(table["code"]) <= set(VOCABULARY[2:])

@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
+from support import prebuilt_loader, to_batch
 
 from ehrlab.checkpoints import load_model_weights
 from ehrlab.models.generative.medgan import (
@@ -53,30 +53,9 @@ def planted_records(n_patients: int, seed: int) -> list[list[list[int]]]:
     return records
 
 
-def to_batch(records: list[list[list[int]]]) -> dict[str, torch.Tensor]:
-    """The DataModule batch layout, left-aligned with zero padding."""
-    n_visits = max(len(r) for r in records)
-    n_codes = max(len(v) for r in records for v in r)
-    codes = torch.zeros(len(records), n_visits, n_codes, dtype=torch.long)
-    for p, record in enumerate(records):
-        for v, visit in enumerate(record):
-            codes[p, v, : len(visit)] = torch.tensor(visit)
-    lengths = torch.tensor([len(r) for r in records])
-    return {
-        "codes": codes,
-        "n_visits": lengths,
-        "visit_mask": torch.arange(n_visits)[None, :] < lengths[:, None],
-        "subject_id": torch.arange(len(records)),
-    }
-
-
 def batches(n_patients: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
     records = planted_records(n_patients, seed)
     return [to_batch(records[i : i + batch_size]) for i in range(0, n_patients, batch_size)]
-
-
-def loader(data: list[dict[str, torch.Tensor]]) -> DataLoader:
-    return DataLoader(data, batch_size=None)
 
 
 def make_model(mode: str, autoencoder_epochs: int = AUTOENCODER_EPOCHS) -> MedGAN:
@@ -104,7 +83,7 @@ def fitted(request) -> tuple[MedGAN, list[dict[str, torch.Tensor]], dict[str, fl
     model = make_model(request.param)
     model.loss_before_fit = reconstruction(model, data)
     trainer = tiny_trainer(EPOCHS)
-    trainer.fit(model, train_dataloaders=loader(data), val_dataloaders=loader(data[:2]))
+    trainer.fit(model, train_dataloaders=prebuilt_loader(data), val_dataloaders=prebuilt_loader(data[:2]))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     return model, data, metrics
 
@@ -160,7 +139,7 @@ def test_trainer_checkpoint_loads_into_a_fresh_model_and_generates_the_same(fitt
     trainer = tiny_trainer(EPOCHS + 1, enable_checkpointing=True,
                            callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)])
     model.train()
-    trainer.fit(model, train_dataloaders=loader(data[:1]))
+    trainer.fit(model, train_dataloaders=prebuilt_loader(data[:1]))
     fresh = make_model(model.mode)
     load_model_weights(fresh, tmp_path / "last.ckpt")
     assert int(fresh.max_count) == int(model.max_count)
@@ -173,11 +152,11 @@ def test_resuming_after_pretraining_continues_in_the_adversarial_phase(tmp_path)
     data = batches(64, 32, seed=1)
     model = make_model("count", autoencoder_epochs=1)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
-    tiny_trainer(1, enable_checkpointing=True, callbacks=[checkpoint]).fit(model, train_dataloaders=loader(data))
+    tiny_trainer(1, enable_checkpointing=True, callbacks=[checkpoint]).fit(model, train_dataloaders=prebuilt_loader(data))
     resumed = make_model("count", autoencoder_epochs=1)
     encoder_before = resumed.autoencoder.encoder[0].weight.clone()  # overwritten by the checkpoint
     trainer = tiny_trainer(2)
-    trainer.fit(resumed, train_dataloaders=loader(data), ckpt_path=tmp_path / "last.ckpt")
+    trainer.fit(resumed, train_dataloaders=prebuilt_loader(data), ckpt_path=tmp_path / "last.ckpt")
     assert trainer.current_epoch == 2
     assert "train/generator_loss_epoch" in trainer.callback_metrics
     assert "train/autoencoder_loss_epoch" not in trainer.callback_metrics
