@@ -354,10 +354,7 @@ class CorGAN(AutoencoderGAN):
             return  # see the module docstring: batch norm needs two records
         autoencoder_opt, critic_opt, generator_opt = self.optimizers()
         if self.in_pretraining():
-            loss = self.reconstruction_loss(rows)
-            self.manual_step(autoencoder_opt, loss)
-            self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
-                     batch_size=n)
+            self.autoencoder_step(rows, autoencoder_opt)
             return
 
         for _ in range(self.critic_steps):

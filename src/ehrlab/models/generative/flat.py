@@ -107,6 +107,13 @@ class AutoencoderGAN(FlatGenerator):
         self.manual_backward(loss)
         optimizer.step()
 
+    def autoencoder_step(self, rows: torch.Tensor, optimizer) -> None:
+        """One step of the pretraining phase: the reconstruction loss of the batch's rows."""
+        loss = self.reconstruction_loss(rows)
+        self.manual_step(optimizer, loss)
+        self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=rows.shape[0])
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
         self.log("val/reconstruction_loss", loss, prog_bar=True, batch_size=batch["codes"].shape[0], sync_dist=True)

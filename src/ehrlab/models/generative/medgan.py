@@ -281,10 +281,7 @@ class MedGAN(AutoencoderGAN):
             self.max_count.copy_(torch.maximum(self.max_count, rows.max().long()))
         autoencoder_opt, discriminator_opt, generator_opt = self.optimizers()
         if self.in_pretraining():
-            loss = self.reconstruction_loss(rows)
-            self.manual_step(autoencoder_opt, loss)
-            self.log("train/autoencoder_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
-                     batch_size=n)
+            self.autoencoder_step(rows, autoencoder_opt)
             return
         if n < 2:
             return  # batch norm cannot normalise a single record
