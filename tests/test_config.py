@@ -308,10 +308,10 @@ MODELS = {
                                     "epochs": 10, "lr": 1e-3, "schedule": ("step", [0.0, 0.5, 0.954774, 0.0])},
     "medgan": MEDGAN,
     "medgan_count": MEDGAN | {"mode": "count"},
-    "medgan_small": MEDGAN | {"autoencoder_epochs": 20, "epochs": 100},  # CPU budget, paper sizes
-    "medgan_count_small": MEDGAN | {"mode": "count", "autoencoder_epochs": 20, "epochs": 100},
+    "medgan_small": MEDGAN | {"autoencoder_epochs": 40, "epochs": 460},  # CPU budget, paper sizes
+    "medgan_count_small": MEDGAN | {"mode": "count", "autoencoder_epochs": 40, "epochs": 460},
     "corgan": CORGAN,
-    "corgan_small": CORGAN | {"autoencoder_epochs": 5, "epochs": 20, "critic_type": "mlp"},  # CPU budget
+    "corgan_small": CORGAN | {"autoencoder_epochs": 90, "epochs": 220, "critic_type": "mlp"},  # CPU budget
     "previous_image": CXR_RULE | {"class": "PreviousImage", "output": "image"},
     "previous_label": CXR_RULE | {"class": "PreviousLabel", "output": "labels"},
     "table_classifier": TABLE_CLASSIFIER,
