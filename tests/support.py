@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -137,3 +138,23 @@ def to_batch(records: list[list[list[int]]]) -> dict[str, torch.Tensor]:
 def prebuilt_loader(batches: list[dict[str, torch.Tensor]]) -> DataLoader:
     """Prebuilt batches served as they are (batch_size=None: no re-collation)."""
     return DataLoader(batches, batch_size=None)
+
+
+def planted_records(n_patients: int, seed: int | np.random.Generator, first_code: int, n_codes: int = 12) -> list[list[list[int]]]:
+    """Patients of 1-3 visits over code ids first_code .. first_code + n_codes - 1, with planted
+    structure for the generator tests: the first three codes occur together (p 0.6 per visit),
+    the next two together (p 0.3), the rest are independent singletons of decreasing
+    prevalence; an otherwise empty visit holds the first singleton. A Generator given as the
+    seed is drawn from (and left advanced), for callers that draw more from it."""
+    groups = [(list(range(first_code, first_code + 3)), 0.6), ([first_code + 3, first_code + 4], 0.3)]
+    singletons = [(first_code + 5 + i, 0.5 / (i + 1)) for i in range(n_codes - 5)]
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(n_patients):
+        visits = []
+        for _ in range(rng.integers(1, 4)):
+            visit = [c for group, p in groups if rng.random() < p for c in group]
+            visit += [c for c, p in singletons if rng.random() < p]
+            visits.append(visit or [first_code + 5])
+        records.append(visits)
+    return records

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import os
 from types import SimpleNamespace
 
@@ -22,8 +21,8 @@ from ehrlab.models.cxr.base import ImageForecaster
 from ehrlab.models.cxr.baselines import TableClassifier, TableClassifierPrevLabel
 from ehrlab.models.cxr.clip import CXRCLIP
 from ehrlab.models.cxr.ehrxdiff import EHRXDiff
-from ehrlab.models.generative.gpt import GPTBaseline
 from ehrlab.models.generative.corgan import CorGAN
+from ehrlab.models.generative.gpt import GPTBaseline
 from ehrlab.models.generative.halo import HALO
 from ehrlab.models.generative.medgan import MedGAN
 from ehrlab.models.generative.promptehr import PromptEHR

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from support import MIMIC3_TINY, SHRINK, run_cli, wandb_records
+
 from ehrlab import pipeline
 from ehrlab.config import PROJECT_ROOT
 from ehrlab.data.schema import SYNTHETIC_SUBJECT_ID_START
@@ -51,8 +51,15 @@ def test_stage_all_writes_everything(trained_run):
 def assert_metrics_match_predictions(metrics: dict, predictions: pd.DataFrame) -> None:
     """The test metrics of metrics.json, recomputed from predictions.parquet with sklearn
     alone (percent; F1 and kappa at probability 0.5)."""
-    from sklearn.metrics import auc, average_precision_score, cohen_kappa_score, f1_score, log_loss, \
-        precision_recall_curve, roc_auc_score
+    from sklearn.metrics import (
+        auc,
+        average_precision_score,
+        cohen_kappa_score,
+        f1_score,
+        log_loss,
+        precision_recall_curve,
+        roc_auc_score,
+    )
 
     labels, probability = predictions["label"].to_numpy(), predictions["probability"].to_numpy()
     predicted = (probability > 0.5).astype(int)

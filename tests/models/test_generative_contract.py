@@ -17,7 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from support import prebuilt_loader, to_batch
+from support import planted_records, prebuilt_loader, to_batch
 from transformers import get_cosine_schedule_with_warmup
 
 from ehrlab.models.generative.base import Generator, dense_visit_index
@@ -27,27 +27,10 @@ from ehrlab.models.generative.halo import HALO
 CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 N_CODES = 12
 VOCABULARY = ["[PAD]"] + [f"DIAGNOSIS//ICD//9//{100 + i}.{i}" for i in range(N_CODES)]
-# Planted structure: ids 1-3 always together (often), 4-5 together (sometimes); 6-12 are
-# independent singletons with decreasing prevalence.
-GROUPS = [([1, 2, 3], 0.6), ([4, 5], 0.3)]
-SINGLETONS = [(6 + i, 0.5 / (i + 1)) for i in range(N_CODES - 5)]
-
-
-def planted_visits(n_patients: int, seed: int) -> list[list[list[int]]]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for _ in range(n_patients):
-        visits = []
-        for _ in range(rng.integers(1, 4)):
-            visit = [c for group, p in GROUPS if rng.random() < p for c in group]
-            visit += [c for c, p in SINGLETONS if rng.random() < p]
-            visits.append(visit or [6])
-        records.append(visits)
-    return records
 
 
 def batches(n_patients: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    records = planted_visits(n_patients, seed)
+    records = planted_records(n_patients, seed, first_code=1)
     return [to_batch(records[i : i + batch_size]) for i in range(0, n_patients, batch_size)]
 
 
@@ -161,7 +144,7 @@ def test_planted_structure_is_reproduced(fitted):
     kind, model, _ = fitted
     n = 400
     table = model.generate(n, seed=3, progress=False)
-    real = patient_prevalence(real_table(planted_visits(2000, seed=5)), 2000)
+    real = patient_prevalence(real_table(planted_records(2000, seed=5, first_code=1)), 2000)
     synthetic = patient_prevalence(table, n)
     assert np.corrcoef(real, synthetic)[0, 1] > 0.5
     # Codes 1-3 always appear together (and 2 never without 1): far more synthetic visits

@@ -19,7 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from support import prebuilt_loader, to_batch
+from support import planted_records, prebuilt_loader, to_batch
 from torch import nn
 
 from ehrlab.checkpoints import load_model_weights
@@ -33,27 +33,13 @@ from ehrlab.models.generative.corgan import (
 CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 N_CODES = 12
 VOCABULARY = ["[PAD]", "[UNK]"] + [f"DIAGNOSIS//ICD//9//{100 + i}.{i}" for i in range(N_CODES)]
-GROUPS = [([2, 3, 4], 0.6), ([5, 6], 0.3)]
-SINGLETONS = [(7 + i, 0.5 / (i + 1)) for i in range(N_CODES - 5)]
 AUTOENCODER_EPOCHS, ADVERSARIAL_EPOCHS = 10, 20
 F2_LENGTHS = [6955, 3476, 1736, 578, 192, 63, 20, 4, 1]
 
 
-def planted_records(n_patients: int, seed: int) -> list[list[list[int]]]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for _ in range(n_patients):
-        visits = []
-        for _ in range(rng.integers(1, 4)):
-            visit = [c for group, p in GROUPS if rng.random() < p for c in group]
-            visit += [c for c, p in SINGLETONS if rng.random() < p]
-            visits.append(visit or [7])
-        records.append(visits)
-    return records
-
 
 def batches(n_patients: int, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    records = planted_records(n_patients, seed)
+    records = planted_records(n_patients, seed, first_code=2)
     return [to_batch(records[i : i + batch_size]) for i in range(0, n_patients, batch_size)]
 
 
@@ -226,7 +212,7 @@ def test_generated_records_reproduce_the_planted_structure(fitted):
     n = 600
     table = model.generate(n, seed=3, progress=False)
     real = np.zeros(len(VOCABULARY))
-    for record in planted_records(2000, seed=5):
+    for record in planted_records(2000, seed=5, first_code=2):
         real[list({c for visit in record for c in visit})] += 1 / 2000
     rows = table.assign(present=1).pivot_table(index="subject_id", columns="code", values="present", fill_value=0)
     rows = rows.reindex(columns=VOCABULARY, fill_value=0)

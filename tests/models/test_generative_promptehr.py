@@ -20,6 +20,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from support import planted_records
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
@@ -35,20 +36,11 @@ from ehrlab.models.generative.promptehr import (
 CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
 N_CODES = 12
 VOCABULARY = ["[PAD]", "[UNK]"] + [f"DIAGNOSIS//ICD//9//{100 + i}.{i}" for i in range(N_CODES)]
-GROUPS = [([2, 3, 4], 0.6), ([5, 6], 0.3)]
-SINGLETONS = [(7 + i, 0.5 / (i + 1)) for i in range(N_CODES - 5)]
 
 
 def planted_sequences(n_patients: int, seed: int) -> PatientSequences:
     rng = np.random.default_rng(seed)
-    records = []
-    for _ in range(n_patients):
-        visits = []
-        for _ in range(rng.integers(1, 4)):
-            visit = [c for group, p in GROUPS if rng.random() < p for c in group]
-            visit += [c for c, p in SINGLETONS if rng.random() < p]
-            visits.append(visit or [7])
-        records.append(visits)
+    records = planted_records(n_patients, rng, first_code=2)
     return to_sequences(records, age=rng.uniform(0, 90, n_patients), gender=rng.integers(0, 3, n_patients))
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from ehrlab.errors import UserInputError
 from ehrlab.evaluation.synthetic import plots, report
 from ehrlab.evaluation.synthetic.bootstrap import confidence_intervals, resample_indices, resample_weights
 from ehrlab.evaluation.synthetic.chapters import chapters_of
@@ -65,7 +66,6 @@ from ehrlab.evaluation.synthetic.structure import (
     top_codes,
     vocabulary_overlap,
 )
-from ehrlab.errors import UserInputError
 from ehrlab.serialization import write_json
 
 SETS = ("train", "test", "synthetic")
