@@ -125,6 +125,7 @@ def model_values(cfg) -> dict:
             "max_visits": module.max_visits,  # n_ctx - the start row
             "dropout": coarse.embedding_dropout.p,
             "labels": module.label_names[:1] + module.label_names[-1:],
+            "epochs": cfg.trainer.max_epochs,
             **optimizer_values(module.configure_optimizers()),
         }
     if isinstance(module, (MedGAN, CorGAN)):
@@ -190,6 +191,7 @@ def model_values(cfg) -> dict:
             "positions": transformer.wpe.num_embeddings,
             "dropout": transformer.drop.p,
             "sampling": (module.hparams.top_k, module.hparams.top_p, module.hparams.max_generation_length),
+            "epochs": cfg.trainer.max_epochs,
             **optimizer_values(configured["optimizer"]),
             # linear warm-up over 5% of the 100 steps, then cosine down to 0, stepped per batch
             "schedule": (configured["lr_scheduler"]["interval"], [round(schedule(step), 6) for step in (0, 1, 5, 100)]),
@@ -235,6 +237,7 @@ HALO_PAPER = {  # seed 002 F.4, Table 8
     "max_visits": 47, "dropout": 0.1, "optimizer": "Adam", "lr": 1e-4, "weight_decay": 0,
     "gradient_clip_val": None,  # the reference code does not clip
     "labels": (),  # no label row
+    "epochs": 80,  # F.4
 }
 PROMPTEHR = {  # seed 002 F.3: BART-base layout, AdamW (lr: the PyHealth port's), 16 sequences, 20 epochs
     "class": "PromptEHR", "monitor": ("val/loss", "min"), "layers": (6, 6), "width": 768, "heads": 12,
@@ -257,7 +260,7 @@ CORGAN = {  # seed 002 F.2
 GPT = {  # seed 002 F.5 at the CPU default size
     "class": "GPTBaseline", "monitor": ("val/loss", "min"), "layers": 2, "width": 128, "heads": 8, "positions": 512,
     "dropout": 0.1, "sampling": (50, 0.95, 128), "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.01,
-    "schedule": ("step", [0.0, 0.2, 1.0, 0.0]), "gradient_clip_val": 1.0,
+    "schedule": ("step", [0.0, 0.2, 1.0, 0.0]), "gradient_clip_val": 1.0, "epochs": 30,  # the trainer's default
 }
 TABLE_CLASSIFIER = {  # seed 004 §4.4, Appendix B.1 (2 layers, 24 heads) and B.3 (AdamW 1e-4, wd 0.01, batch 128)
     "class": "TableClassifier", "monitor": ("val/loss", "min"), "gradient_clip_val": None, "output": "labels",
@@ -298,10 +301,11 @@ MODELS = {
     "ehrgan_aug": LSTM | {"class": "EhrGANAugmentation", "gradient_clip_val": None,
                           "model_gradient_clip_val": 1.0, "synthetic_ratio": 1.0},
     "halo": HALO_PAPER,
-    "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3},
+    "halo_small": HALO_PAPER | {"layers": 2, "width": 64, "heads": 4, "lr": 1e-3, "epochs": 30},
     # the 25 CCS phenotypes (first and last shown) in a label row, which takes one visit's row
     "halo_labels": HALO_PAPER | {"labels": ("acute_renal_failure", "shock"), "max_visits": 46},
     "gpt": GPT,
+    "gpt_paper": GPT | {"layers": 8, "width": 512, "epochs": 50},  # F.5's final configuration
     "promptehr": PROMPTEHR,
     "promptehr_small": PROMPTEHR | {"layers": (2, 2), "width": 128, "heads": 4, "dropout": 0.1, "batch_size": 32,
                                     "epochs": 10, "lr": 1e-3, "schedule": ("step", [0.0, 0.5, 0.954774, 0.0])},
@@ -598,7 +602,7 @@ EXPERIMENTS = {  # experiment: the task, model, trainer and run settings it stan
     "halo_mimic3": {"task": GENERATION_F4, "model": HALO_PAPER, "batch_size": 48,
                     "trainer": {"max_epochs": 80, "validation": (500, None)}, "n_patients": 10000},
     # F.5: 8 layers x 512, 50 epochs validated once per epoch; HALO's data and split
-    "gpt_mimic3": {"task": GENERATION_F4 | {"max_visits": None}, "model": GPT | {"layers": 8, "width": 512},
+    "gpt_mimic3": {"task": GENERATION_F4 | {"max_visits": None}, "model": MODELS["gpt_paper"],
                    "batch_size": 64, "trainer": {"max_epochs": 50, "validation": (1.0, 1)}, "n_patients": 10000},
 }
 

@@ -29,7 +29,7 @@ import pandas as pd
 from ehrlab.evaluation.synthetic.prevalence import LONG_TAIL_PERCENTILES, percentile_label
 from ehrlab.evaluation.synthetic.structure import TOP_K
 
-PAPER_ORDER = ("halo", "halo_small", "promptehr", "promptehr_small", "gpt", "medgan", "medgan_count", "corgan")
+PAPER_ORDER = ("halo", "halo_small", "promptehr", "promptehr_small", "gpt_paper", "gpt", "medgan", "medgan_count", "corgan")
 TABLE1 = (("Disc. Score", "eval/disc_score"), ("Prevalence R²", "eval/prevalence_r2"),
           ("Pearson", "eval/prevalence_pearson"), ("RMSE", "eval/prevalence_rmse"), ("NNAAR", "eval/nnaar"),
           ("MIA accuracy", "eval/mia_accuracy"), ("MIA F1", "eval/mia_f1"))
