@@ -281,5 +281,10 @@ def test_halo_labels_generate_requested_labels_and_report_their_prevalence(make_
     carried = table_phenotypes(synthetic)
     for name in PHENOTYPES:
         assert metrics[f"synthetic/label_prevalence/{name}"] == pytest.approx(carried[name].mean())
+    # A bad request is refused before any training: no checkpoint is written.
     with pytest.raises(UserInputError, match=r"unknown label\(s\) \['sepsis'\]"):
         pipeline.run(make_config(*tiny, "generate.labels=[sepsis]", run_dir=tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    with pytest.raises(UserInputError, match="HALO is not conditioned on labels"):
+        pipeline.run(make_config(*tiny, "model.labels=none", "generate.labels=[shock]", run_dir=tmp_path / "plain"))
+    assert not (tmp_path / "plain" / "checkpoints").exists()

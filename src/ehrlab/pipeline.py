@@ -123,6 +123,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if cfg.get("pretrain") and cfg.stage in ("train", "all"):
             metrics |= pretrain_parts(cfg, family, task_data, run_dir)
         model = instantiate(cfg.model, **datamodule.model_arguments())
+        family.check_model(cfg, model)
         check_splits_not_empty(task_data)
         logger = build_logger(cfg, run_dir)
         try:

@@ -34,6 +34,10 @@ class Family:
             raise UserInputError(f"stage={cfg.stage} does not apply to {self.member} ({model_name}); "
                                  f"use stage={' / '.join(self.stages)}.")
 
+    def check_model(self, cfg: DictConfig, model) -> None:
+        """Refuse settings the built model cannot honour, before any training, so that a run
+        does not train for hours and then fail on them. Nothing to check by default."""
+
     def runs_untrained(self, cfg: DictConfig) -> bool:
         """Whether the configured stage needs no trained weights (no training, no ckpt_path)."""
         return False

@@ -21,6 +21,11 @@ class GeneratorFamily(Family):
     task_hint = "task=generation"
     stages = ("train", "generate", "evaluate", "all")
 
+    def check_model(self, cfg: DictConfig, model) -> None:
+        labels = requested_labels(cfg)
+        if labels is not None and cfg.stage in ("train", "all", "generate"):
+            model.label_vector(labels)  # raises, naming the model's labels, on a bad request
+
     def runs_untrained(self, cfg: DictConfig) -> bool:
         # stage=evaluate without ckpt_path evaluates records already written (synthetic_path,
         # or the run's own synthetic.parquet), whatever tool made them.
@@ -48,6 +53,14 @@ def family_discriminator_score(evaluation: dict[str, float], flat: bool) -> dict
             if key.startswith(f"eval/disc_{name}_score")}
 
 
+def requested_labels(cfg: DictConfig):
+    """generate.labels as plain Python: label names or a vector (label-conditioned generators), or None."""
+    labels = cfg.generate.get("labels")
+    if labels is not None and not isinstance(labels, str):
+        labels = OmegaConf.to_container(labels)
+    return labels
+
+
 def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict[str, float]:
     """Synthetic patients in the long format. Their ids count up from
     SYNTHETIC_SUBJECT_ID_START, a range no reader lets a real patient into: a synthetic id
@@ -56,10 +69,8 @@ def generate(cfg: DictConfig, model, task_data: TaskData, run_dir: Path) -> dict
     from ehrlab.evaluation.synthetic.structure import dataset_statistics
 
     n = cfg.generate.n_patients or task_data.splits["train"].n_patients
-    labels = cfg.generate.get("labels")  # label names or a vector (label-conditioned generators)
-    if labels is not None and not isinstance(labels, str):
-        labels = OmegaConf.to_container(labels)
-    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size, labels=labels)
+    records = model.generate(n, seed=cfg.generate.seed, batch_size=cfg.generate.batch_size,
+                             labels=requested_labels(cfg))
     records["subject_id"] = records["subject_id"].astype("int64") + SYNTHETIC_SUBJECT_ID_START
     records.to_parquet(run_dir / "synthetic.parquet", index=False)
     records.to_csv(run_dir / "synthetic.csv", index=False)
