@@ -122,6 +122,17 @@ def test_generate_emits_vocabulary_codes_in_one_visit_per_patient(fitted):
         assert table.loc[table["code"] == VOCABULARY[CHRONIC], "count"].mean() > 1.5
 
 
+def test_an_empty_table_has_the_columns_of_its_mode():
+    """Zero patients still give the mode's columns, so code reading a count table never
+    meets one without ``count``."""
+    for mode, columns in [("binary", ["subject_id", "visit_id", "code"]),
+                          ("count", ["subject_id", "visit_id", "code", "count"])]:
+        table = make_model(mode).generate(0, seed=0, progress=False)
+        assert list(table.columns) == columns and table.empty
+        if mode == "count":
+            assert table["count"].dtype == np.int64
+
+
 def test_generate_is_deterministic_for_a_seed_and_leaves_global_rng_alone(fitted):
     model, _, _ = fitted
     torch.manual_seed(123)

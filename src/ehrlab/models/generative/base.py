@@ -10,8 +10,9 @@ subclass implements two things:
   tensors, one entry per generated code of ``n`` new patients, sampled with ``generator``
   only, in any order, repeats allowed. The base batches patients, drops repeated codes
   within a visit, numbers visits densely, and turns ids into code strings. A generator of
-  counts (MedGAN's count mode) returns a fourth tensor, ``count`` (int64 >= 1): the table
-  then has a ``count`` column, and repeats of a code within a visit add their counts.
+  counts (MedGAN's count mode) says so with ``emits_counts`` and returns a fourth tensor,
+  ``count`` (int64 >= 1): its table always has a ``count`` column (an empty one too), and
+  repeats of a code within a visit add their counts.
 
 A generator conditioned on patient labels (HALO's phenotype label row) lists them in
 ``label_names`` and accepts ``labels``, a float tensor [n, len(label_names)] of requested
@@ -90,6 +91,11 @@ class Generator(EHRModule):
     label_names: tuple[str, ...] = ()
     monitor = "val/loss"
     monitor_mode = "min"
+
+    @property
+    def emits_counts(self) -> bool:
+        """Whether ``sample_codes`` returns a fourth tensor of counts (see the module docstring)."""
+        return False
 
     def __init__(self, vocabulary: list[str], optimizer: Any = None):
         super().__init__(vocabulary)
@@ -176,8 +182,8 @@ class Generator(EHRModule):
                         bar.update(size)
         finally:
             self.train(was_training)
-        counted = bool(parts) and parts[0].shape[0] == 4
-        rows = torch.cat(parts, dim=1).numpy() if parts else np.zeros((3, 0), dtype=np.int64)
+        counted = self.emits_counts
+        rows = torch.cat(parts, dim=1).numpy() if parts else np.zeros((3 + counted, 0), dtype=np.int64)
         table = pd.DataFrame(
             {
                 "subject_id": rows[0].astype(np.int64),

@@ -38,6 +38,10 @@ class FlatGenerator(Generator):
         code_columns[[i for i, code in enumerate(self.vocabulary) if code == UNKNOWN_CODE]] = False
         self.register_buffer("code_columns", code_columns, persistent=False)
 
+    @property
+    def emits_counts(self) -> bool:
+        return self.mode == "count"
+
     def patient_matrix(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Float [B, vocab_size]: per code, 1 if any real visit holds it (binary mode) or the
         number of real visits that hold it (count mode; a code appears once per visit)."""
