@@ -1,16 +1,20 @@
 """experiment=halo_mimic3 follows seed 002 F.4: 80 epochs, validation every 500 training
-batches, best checkpoint on validation loss, and a task that fits HALO's context."""
+batches, best checkpoint on validation loss, and a task that fits HALO's context; an optional
+early-stopping patience ends training after the best check without changing best.ckpt."""
 
 from __future__ import annotations
 
 import functools
 
+import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ehrlab.config import CONFIG_DIR
+from ehrlab.models.generative.base import Generator
 from ehrlab.models.generative.halo import HALO
 from ehrlab.pipeline import build_trainer
 
@@ -72,3 +76,39 @@ def test_validation_every_n_batches_across_epochs_and_best_checkpoint_tracks_val
     best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
     assert best["global_step"] == 6  # the check with the lowest val/loss, not the last one
     assert float(trainer.checkpoint_callback.best_model_score) == min(ScriptedValidationHALO.VAL_LOSSES)
+
+
+class NeverImprovingHALO(ScriptedValidationHALO):
+    """Lowest val/loss at the second check, never lower after it."""
+
+    VAL_LOSSES = [3.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def fit_scripted(tmp_path, **model_options) -> tuple[pl.Trainer, NeverImprovingHALO]:
+    """Ten epochs of two batches, one validation check per epoch."""
+    cfg = OmegaConf.create({"trainer": {**read("trainer", "cpu"), "max_epochs": 10, "enable_progress_bar": False,
+                                        "enable_model_summary": False, "log_every_n_steps": 1}})
+    torch.manual_seed(0)
+    model = NeverImprovingHALO(VOCABULARY, n_layer=1, n_embd=8, n_head=2, n_ctx=4, n_positions=4,
+                               optimizer=functools.partial(torch.optim.Adam, lr=1e-3), **model_options)
+    batch = {"codes": torch.tensor([[[2, 3], [2, 0]], [[3, 0], [0, 0]]]), "n_visits": torch.tensor([2, 1])}
+    trainer = build_trainer(cfg, model, None, tmp_path)
+    trainer.fit(model, train_dataloaders=DataLoader([batch] * 2, batch_size=None),
+                val_dataloaders=DataLoader([batch], batch_size=None))
+    return trainer, model
+
+
+def test_early_stopping_patience_stops_after_that_many_checks_without_a_lower_val_loss(tmp_path):
+    trainer, model = fit_scripted(tmp_path / "patient", early_stopping_patience=3)
+    assert model.checked_at == [2, 4, 6, 8, 10]  # best at the second check, then three without gain
+    best = torch.load(tmp_path / "patient" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 4
+    # Without patience (HALO's recipe, the default) every epoch trains; best.ckpt is the same.
+    trainer, model = fit_scripted(tmp_path / "default")
+    assert trainer.global_step == 20 and len(model.checked_at) == 10
+    assert torch.load(tmp_path / "default" / "checkpoints" / "best.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_a_generator_without_a_monitored_metric_refuses_patience():
+    with pytest.raises(ValueError, match="monitors no metric"):
+        type("Unmonitored", (Generator,), {"monitor": None})(VOCABULARY, early_stopping_patience=3)

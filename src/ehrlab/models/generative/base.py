@@ -97,9 +97,15 @@ class Generator(EHRModule):
         """Whether ``sample_codes`` returns a fourth tensor of counts (see the module docstring)."""
         return False
 
-    def __init__(self, vocabulary: list[str], optimizer: Any = None):
+    def __init__(self, vocabulary: list[str], optimizer: Any = None, early_stopping_patience: int | None = None):
+        """``early_stopping_patience``: validation checks without a lower ``val/loss`` before
+        the runner stops training (None: train every epoch; best.ckpt keeps the lowest either
+        way, so stopping only saves the epochs after the best)."""
         super().__init__(vocabulary)
+        if early_stopping_patience is not None and self.monitor is None:
+            raise ValueError(f"{type(self).__name__} monitors no metric, so it cannot stop early")
         self.optimizer_factory = optimizer
+        self.early_stopping_patience = early_stopping_patience
         # Object array so one fancy-index turns any id tensor into code strings.
         self._code_strings = np.asarray(self.vocabulary, dtype=object)
 

@@ -115,11 +115,12 @@ class GPTBaseline(Generator):
         warmup_ratio: float = 0.05,
         optimizer: Any = None,
         scheduler: Any = None,
+        early_stopping_patience: int | None = None,
     ):
         """``scheduler`` is a partial called as ``scheduler(optimizer, num_warmup_steps=...,
         num_training_steps=...)`` and stepped every batch. The training batch (F.5: 64) is
         ``data.batch_size``, which conf/model/gpt.yaml sets."""
-        super().__init__(vocabulary, optimizer=optimizer)
+        super().__init__(vocabulary, optimizer=optimizer, early_stopping_patience=early_stopping_patience)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
         if not 2 <= max_generation_length <= n_positions:
             raise ValueError(f"max_generation_length ({max_generation_length}) must lie in 2..n_positions ({n_positions})")

@@ -346,13 +346,14 @@ class HALO(Generator):
         layer_norm_epsilon: float = 1e-5,
         initializer_range: float = 0.02,
         optimizer: Any = None,
+        early_stopping_patience: int | None = None,
     ):
         """``n_ctx`` rows at most per patient (start, label row if any, visits: see the module
         docstring for how many visits that is); ``n_positions`` rows in the position table
         (F.4: 48 and 56). The training batch (F.4: 48) is ``data.batch_size``, which
         conf/model/halo.yaml sets.
         """
-        super().__init__(vocabulary, optimizer=optimizer)
+        super().__init__(vocabulary, optimizer=optimizer, early_stopping_patience=early_stopping_patience)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
         if n_ctx > n_positions:
             raise ValueError(f"n_ctx ({n_ctx}) cannot exceed n_positions ({n_positions})")

@@ -214,11 +214,12 @@ class PromptEHR(Generator):
         warmup_steps: int = 1000,
         optimizer: Any = None,
         scheduler: Any = None,
+        early_stopping_patience: int | None = None,
     ):
         """``scheduler`` is a partial called as ``scheduler(optimizer, num_warmup_steps=...,
         num_training_steps=...)`` (``transformers.get_linear_schedule_with_warmup``), stepped
         every batch. The training batch (F.3: 16) is ``data.batch_size``."""
-        super().__init__(vocabulary, optimizer=optimizer)
+        super().__init__(vocabulary, optimizer=optimizer, early_stopping_patience=early_stopping_patience)
         self.save_hyperparameters(ignore=["vocabulary", "optimizer", "scheduler"])
         for name, value in [("mask_ratio", mask_ratio), ("delete_prob", delete_prob),
                             ("prompt_only_share", prompt_only_share), ("label_smoothing", label_smoothing)]:
