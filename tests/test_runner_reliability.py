@@ -215,6 +215,7 @@ def test_a_failed_run_is_marked_failed_in_its_directory_and_in_wandb(trained_che
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number ≥ 1 (or -1: no limit)"),
     ("generate.n_patients=0", "generate.n_patients=0: must be a whole number ≥ 1, or null"),
     ("seed=-3", "seed=-3: must be a whole number ≥ 0"),
+    ("model.early_stopping_patience=0", "model.early_stopping_patience=0: must be a whole number ≥ 1, or null"),
     ("stage=trian", "stage=trian is not a stage"),
     ("ckpt_path=x.ckpt", "to continue training a run, use resume="),
 ])
@@ -225,7 +226,8 @@ def test_nonsense_values_are_refused_before_any_work(override, message, make_con
 
 
 def test_sensible_values_pass_the_checks(make_config):
-    check_config(make_config("trainer.max_epochs=-1", "generate.n_patients=null", "data.batch_size=1"))
+    check_config(make_config("trainer.max_epochs=-1", "generate.n_patients=null", "data.batch_size=1",
+                              "model.early_stopping_patience=null"))
 
 
 # --- synthetic ids ----------------------------------------------------------------------------

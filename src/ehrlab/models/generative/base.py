@@ -102,8 +102,6 @@ class Generator(EHRModule):
         the runner stops training (None: train every epoch; best.ckpt keeps the lowest either
         way, so stopping only saves the epochs after the best)."""
         super().__init__(vocabulary)
-        if early_stopping_patience is not None and self.monitor is None:
-            raise ValueError(f"{type(self).__name__} monitors no metric, so it cannot stop early")
         self.optimizer_factory = optimizer
         self.early_stopping_patience = early_stopping_patience
         # Object array so one fancy-index turns any id tensor into code strings.
