@@ -20,7 +20,7 @@ from ehrlab.models.cxr.adapter import FusionAdapter
 from ehrlab.models.cxr.augment import affine_matrices, random_affine
 from ehrlab.models.cxr.autoencoder import CXRAutoencoder
 from ehrlab.models.cxr.clip import CXRCLIP
-from ehrlab.models.cxr.ehrxdiff import EHRXDiff, add_null_samples, pair_generator
+from ehrlab.models.cxr.ehrxdiff import EHRXDiff, add_null_samples, condition_shift, pair_generator
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FINDINGS = ["chexpert:Edema", "chexpert:Pleural Effusion"]
@@ -342,6 +342,43 @@ def test_validation_loss_is_the_same_draw_every_epoch():
     values = [model.diffusion_loss(batch, model.networks(ema=True), generator=torch.Generator().manual_seed(3)).item()
               for _ in range(2)]
     assert values[0] == values[1]
+
+
+@pytest.mark.parametrize(("row", "other", "swapped"), [(1, "all", ("prev_image",)),
+                                                      (7, "all", ("prev_image", "events", "event_mask")),
+                                                      (7, "events", ("events", "event_mask"))])
+def test_other_conditions_denoise_each_target_with_the_pair_half_a_batch_away(row, other, swapped):
+    """val/condition_gain's and val/event_gain's second loss: the same draws and targets, each
+    pair's conditions (all, or its events only) replaced by the pair's `condition_shift` rows away."""
+    model = make_model(conditioning=conditioning(row))
+    batch = fake_batch(n_pairs=6)
+    shift = condition_shift(6)
+    moved = dict(batch)
+    for key in swapped:
+        moved[key] = batch[key].roll(shift, dims=0)
+
+    def loss(pairs: dict, swap: str | None = None) -> float:
+        return model.diffusion_loss(pairs, model.networks(ema=False), generator=torch.Generator().manual_seed(5),
+                                    other_conditions=swap).item()
+
+    assert shift == 3
+    assert loss(batch, other) == pytest.approx(loss(moved), rel=1e-5)
+    assert loss(batch, other) != loss(batch)  # an untrained model already reads its conditions
+    model = make_model(conditioning=conditioning(7))  # an adapter that outputs its bias only: no pair is seen
+    for parameter in (model.adapter.token_mixing.weight, model.adapter.token_mixing.bias):
+        torch.nn.init.zeros_(parameter)
+    assert loss(batch, other) == loss(batch)
+
+
+def test_validation_logs_the_gains_of_the_conditions_it_has():
+    logged = {}
+    for row in (1, 7):
+        model = make_model(conditioning=conditioning(row))
+        model.log = lambda name, value, **_: logged.setdefault(row, {}).__setitem__(name, float(value))
+        model.validation_step(fake_batch(n_pairs=4), 0)
+    assert set(logged[1]) == {"val/loss", "val/condition_gain"}
+    assert set(logged[7]) == {"val/loss", "val/condition_gain", "val/event_gain"}
+    assert all(value != 0.0 for value in logged[7].values())
 
 
 # ------------------------------------------------------------------------------------- parts

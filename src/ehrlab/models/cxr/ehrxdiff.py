@@ -206,6 +206,13 @@ def add_null_samples(batch: Batch, share: float, degrees: float, scale: Sequence
     return extended, source
 
 
+def condition_shift(size: int) -> int:
+    """How far `EHRXDiff.diffusion_loss` rolls a batch's conditions for ``other_conditions``: half a
+    batch, so that a pair seldom gets the conditions of the same patient's next pair (the
+    datasets keep a patient's pairs together)."""
+    return max(1, size // 2)
+
+
 def table_tokens(encoder: nn.Module, events: Tensor, event_mask: Tensor, width: int) -> Tensor:
     """The table encoder's tokens [B, E, width] (zero at padding), run only on the rows that have
     events (a w_null row, or a pair whose events were all dropped, is all zeros anyway)."""
@@ -518,14 +525,17 @@ class EHRXDiff(ImageForecaster):
     # -------------------------------------------------------------------------------- training
 
     def diffusion_loss(self, batch: Batch, nets: dict[str, nn.Module | None], source: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None, other_conditions: str | None = None) -> Tensor:
         """Eq. 2: the mean squared error of the predicted noise, at one random timestep per pair.
 
         One autoencoder pass encodes the previous images and the targets. With `source` (a
         w_null batch, `add_null_samples`), the first ``max(source) + 1`` rows are the batch's own
         pairs and the others no-change rows on their previous images: those share the pairs'
         previous-image features, and only their (moved) targets are encoded anew. `generator`
-        (CPU) fixes every draw (validation).
+        (CPU) fixes every draw (validation). `other_conditions` denoises each pair, with the same
+        draws, using the conditions of the pair half a batch away (`condition_shift`): ``"all"``
+        of them, or only its ``"events"`` (the table stream); the loss a model that ignores those
+        conditions would also reach (`validation_step`).
         """
         size = batch["target_image"].shape[0]
         n_real = size if source is None else int(source.max()) + 1
@@ -550,7 +560,15 @@ class EHRXDiff(ImageForecaster):
             noise = torch.randn(target.shape, generator=generator).to(device=device, dtype=target.dtype)
         alpha_bar = self.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(target.dtype)
         noisy = alpha_bar.sqrt() * target + (1.0 - alpha_bar).sqrt() * noise  # Eq. 1
+        if other_conditions not in (None, "all", "events"):
+            raise ValueError(f"other_conditions={other_conditions!r}: None, 'all' or 'events'")
+        shift = condition_shift(size)
+        if other_conditions == "events" and "table" in features:
+            features["table"] = features["table"].roll(shift, dims=0)
         context, concat = self.fuse(nets, features, size, source)
+        if other_conditions == "all":
+            context = context.roll(shift, dims=0)
+            concat = None if concat is None else concat.roll(shift, dims=0)
         return F.mse_loss(self.denoise(nets["unet"], noisy, timesteps, context, concat), noise)
 
     def on_fit_start(self) -> None:
@@ -569,9 +587,25 @@ class EHRXDiff(ImageForecaster):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        generator = torch.Generator().manual_seed(batch_idx)
-        loss = self.diffusion_loss(batch, self.networks(ema=True), generator=generator)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["pair_id"]), sync_dist=True)
+        """``val/loss`` (Eq. 2 on fixed draws), and how much higher that loss is when each pair is
+        denoised with another pair's conditions (the same noise, timesteps and target):
+        ``val/condition_gain`` with all of them swapped, ``val/event_gain`` with only the events
+        (with a table stream). A gain near 0 means the denoiser ignores those conditions,
+        whatever its loss: the quickest sign of whether a run has learnt to use the previous
+        image and the events."""
+        nets, size = self.networks(ema=True), len(batch["pair_id"])
+
+        def loss(other: str | None = None) -> Tensor:
+            return self.diffusion_loss(batch, nets, generator=torch.Generator().manual_seed(batch_idx),
+                                       other_conditions=other)
+
+        own = loss()
+        self.log("val/loss", own, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        if size < 2:
+            return
+        gains = {"condition_gain": "all"} | ({"event_gain": "events"} if self.conditioning["table"] else {})
+        for name, swapped in gains.items():
+            self.log(f"val/{name}", loss(swapped) - own, on_epoch=True, batch_size=size, sync_dist=True)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
