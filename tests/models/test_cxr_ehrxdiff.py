@@ -223,6 +223,32 @@ def test_no_events_at_all_is_a_valid_condition():
     assert not model.forecast(batch, seed=0)["image"].isnan().any()
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_ddim_with_a_perfect_denoiser_returns_the_latent_its_training_target_describes(prediction):
+    """The loss's target (`prediction_target`) and the sampler agree on what the denoiser predicts:
+    a denoiser that outputs exactly that target for one known latent z_0 makes deterministic DDIM
+    (η = 0) end at z_0, for ε- and for v-prediction alike."""
+    model = make_model(prediction=prediction, sampling_steps=20, eta=0.0)
+    z0 = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def oracle(unet, latents, timesteps, context, concat):
+        alpha_bar = model.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noise = (latents - alpha_bar.sqrt() * z0) / (1.0 - alpha_bar).sqrt()
+        return model.prediction_target(z0, noise, alpha_bar)
+
+    model.denoise = oracle
+    model.decode = lambda latents: latents
+    # The last step goes to ᾱ_0 = 0.9985, not to 1 (LDM's): √(1 − ᾱ_0) ≈ 0.04 of the noise remains.
+    error = (model.forecast(fake_batch(n_pairs=2), seed=0)["image"] - z0).abs().mean().item()
+    wrong = make_model(prediction="epsilon" if prediction == "v" else "v", sampling_steps=20, eta=0.0)
+    wrong.denoise, wrong.decode = oracle, model.decode  # trained for one target, sampled as the other
+    wrong_error = (wrong.forecast(fake_batch(n_pairs=2), seed=0)["image"] - z0).abs().mean().item()
+    assert error < 0.05  # about √(1 − ᾱ_0) · E|ε| = 0.031
+    assert wrong_error > 2 * error
+    with pytest.raises(UserInputError, match="model.prediction"):
+        make_model(prediction="x0")
+
+
 # ---------------------------------------------------------------------------------- training
 
 

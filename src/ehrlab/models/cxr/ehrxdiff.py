@@ -12,7 +12,8 @@ Parts (§3.3, Figure 2):
 - the adapter A_fusion (`ehrlab.models.cxr.adapter`, §3.3.2) that fuses the three streams
   into C_fusion context tokens;
 - the denoiser ε_θ: ``diffusers.UNet2DConditionModel`` with cross-attention to the context
-  (§3.2), trained with ε-prediction and the L2 loss of Eq. 2 on the noising of Eq. 1.
+  (§3.2), trained with ε-prediction and the L2 loss of Eq. 2 on the noising of Eq. 1 (or,
+  as a documented departure for short runs, v-prediction: ``prediction``).
 
 Facts from the authors' code (REFERENCES.md) where the paper is silent: the UNet of Cheff /
 LDM (224 channels, multipliers 1/2/4/4, two residual blocks per level, attention at the down
@@ -36,6 +37,15 @@ Decisions:
   extended batch; the authors add one per pair (0.5). Their null event matrix is all zeros
   through a table encoder without a mask; ours is an empty event list, whose table tokens are
   zeros (the table stream then contributes nothing but the adapter's bias).
+- ``prediction: v`` (ehrxdiff_small; the paper and ``model=ehrxdiff`` keep ``epsilon``) trains the
+  denoiser to predict v = √ᾱ·ε − √(1 − ᾱ)·z_0 (Salimans & Ho 2022) with the same L2 loss, and
+  DDIM samples with it. Why: this schedule ends at ᾱ ≈ 3·10⁻⁶, so at the first sampling steps an
+  ε-predictor's error is multiplied by up to 1/√ᾱ ≈ 560 in the latent it implies; it must learn
+  ε̂ = z_t almost exactly there before its samples become images, which 100 GPU epochs give and a
+  CPU budget does not. Measured on ehrxdiff_small after 8 epochs: at t = 981 the ε-MSE was 0.014
+  where the trivial answer ε̂ = z_t scores 0.00001, and DDIM ended at latents of standard
+  deviation 25 instead of 1 (noise images, FID 32-40). A v-predictor's error at high noise is
+  an error in z_0 itself, not amplified.
 - Sampling draws all noise of a pair (its initial latent and every DDIM step's) from a
   generator seeded by (sampling seed, pair id): a forecast does not depend on the batch it
   is computed in, nor on the batch size.
@@ -150,15 +160,23 @@ def build_unet(latent_size: int, in_channels: int, out_channels: int, context_di
                                 attention_head_dim=n_heads, norm_num_groups=norm_groups(block_out_channels))
 
 
-def noise_scheduler(train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> DDIMScheduler:
+#: model.prediction → diffusers' prediction_type
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
+
+
+def noise_scheduler(train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
+                    prediction: str = "epsilon") -> DDIMScheduler:
     """LDM's diffusion process and DDIM sampler in diffusers' terms: the betas of the training
     schedule; timesteps 1, 1 + k, 1 + 2k, … (LDM's "uniform" DDIM discretisation = diffusers'
     ``leading`` spacing with offset 1); the last step goes to ᾱ_0, not to 1 (LDM's
-    ``alphas_cumprod_prev``); no clipping of the predicted latent (latents are unbounded)."""
+    ``alphas_cumprod_prev``); no clipping of the predicted latent (latents are unbounded);
+    the denoiser predicts ε or v (`PREDICTIONS`)."""
+    if prediction not in PREDICTIONS:
+        raise UserInputError(f"model.prediction={prediction!r}: one of {sorted(PREDICTIONS)} (the paper: epsilon).")
     try:
         return DDIMScheduler(num_train_timesteps=train_timesteps, beta_start=beta_start, beta_end=beta_end,
                              beta_schedule=beta_schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                             prediction_type="epsilon", timestep_spacing="leading")
+                             prediction_type=PREDICTIONS[prediction], timestep_spacing="leading")
     except NotImplementedError as error:
         raise UserInputError(f"model.beta_schedule={beta_schedule!r}: {error}") from error
 
@@ -247,6 +265,8 @@ class EHRXDiff(ImageForecaster):
         context_dim: the UNet's cross-attention width (768 = D_CLIP: no extra projection).
         unet: {block_out_channels, layers_per_block, attention_levels, n_heads} (`build_unet`).
         train_timesteps, beta_start, beta_end, beta_schedule: the diffusion process (Eq. 1).
+        prediction: what the denoiser predicts, ``epsilon`` (the paper, Eq. 2) or ``v`` (see the
+            module's notes).
         sampling_steps, eta: DDIM's steps and η (100 and 1 in the paper).
         sampling_seeds: the seeds the test pairs are forecast with (three in §4.5).
         null_share: w_null's share of no-change triples in each training batch (0: EHRXDiff;
@@ -271,6 +291,7 @@ class EHRXDiff(ImageForecaster):
                  train_clip: bool = True, conditioning: Mapping | None = None, n_context: int = 1024,
                  context_dim: int = 768, unet: Mapping | None = None, train_timesteps: int = 1000,
                  beta_start: float = 0.0015, beta_end: float = 0.0295, beta_schedule: str = "scaled_linear",
+                 prediction: str = "epsilon",
                  sampling_steps: int = 100, eta: float = 1.0, sampling_seeds: Sequence[int] = (0, 1, 2),
                  null_share: float = 0.0, null_rotation_degrees: float = 10.0,
                  null_scale: Sequence[float] = (0.9, 1.1), ema_decay: float | None = 0.9999,
@@ -348,11 +369,12 @@ class EHRXDiff(ImageForecaster):
         self.unet = build_unet(self.latent_size, in_channels, self.latent_channels, context_dim, **unet)
 
         with torch.device("cpu"):  # the schedule is numbers, also when the model is built on the meta device
-            process = noise_scheduler(train_timesteps, beta_start, beta_end, beta_schedule)
+            process = noise_scheduler(train_timesteps, beta_start, beta_end, beta_schedule, prediction)
         self.scheduler_config = dict(process.config)
         # ᾱ_t of Eq. 1; derived from the hyperparameters, so not saved
         self.register_buffer("alphas_cumprod", process.alphas_cumprod.float(), persistent=False)
         self.train_timesteps = int(train_timesteps)
+        self.prediction = prediction
 
         # The EMA copies of what is trained (LDM's LitEma), in the state dict so that resuming
         # continues the same average.
@@ -518,15 +540,22 @@ class EHRXDiff(ImageForecaster):
 
     def denoise(self, unet: nn.Module, latents: Tensor, timesteps: Tensor, context: Tensor,
                 concat: Tensor | None) -> Tensor:
-        """ε_θ(z_t, t, c): the predicted noise [B, C_z, h, w]."""
+        """ε_θ(z_t, t, c): the predicted noise [B, C_z, h, w] (or v, with ``prediction: v``)."""
         sample = latents if concat is None else torch.cat([latents, concat], dim=1)
         return unet(sample, timesteps, encoder_hidden_states=context).sample
 
     # -------------------------------------------------------------------------------- training
 
+    def prediction_target(self, latents: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+        """What the denoiser learns to output for z_t = √ᾱ·`latents` + √(1 − ᾱ)·`noise`: the noise
+        (Eq. 2), or v = √ᾱ·noise − √(1 − ᾱ)·latents (``prediction: v``)."""
+        if self.prediction == "epsilon":
+            return noise
+        return alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * latents
+
     def diffusion_loss(self, batch: Batch, nets: dict[str, nn.Module | None], source: Tensor | None = None,
                        generator: torch.Generator | None = None, other_conditions: str | None = None) -> Tensor:
-        """Eq. 2: the mean squared error of the predicted noise, at one random timestep per pair.
+        """Eq. 2: the mean squared error of the predicted noise (or v), at one random timestep per pair.
 
         One autoencoder pass encodes the previous images and the targets. With `source` (a
         w_null batch, `add_null_samples`), the first ``max(source) + 1`` rows are the batch's own
@@ -569,7 +598,8 @@ class EHRXDiff(ImageForecaster):
         if other_conditions == "all":
             context = context.roll(shift, dims=0)
             concat = None if concat is None else concat.roll(shift, dims=0)
-        return F.mse_loss(self.denoise(nets["unet"], noisy, timesteps, context, concat), noise)
+        predicted = self.denoise(nets["unet"], noisy, timesteps, context, concat)
+        return F.mse_loss(predicted, self.prediction_target(target, noise, alpha_bar))
 
     def on_fit_start(self) -> None:
         self._feature_cache.clear()
@@ -654,9 +684,9 @@ class EHRXDiff(ImageForecaster):
         latents = draw() * sampler.init_noise_sigma
         for timestep in sampler.timesteps:
             timesteps = torch.full((len(generators),), int(timestep), device=device, dtype=torch.long)
-            noise = self.denoise(nets["unet"], latents, timesteps, context, concat)
+            predicted = self.denoise(nets["unet"], latents, timesteps, context, concat)
             variance_noise = draw() if self.eta > 0 else None
-            latents = sampler.step(noise, timestep, latents, eta=self.eta, variance_noise=variance_noise).prev_sample
+            latents = sampler.step(predicted, timestep, latents, eta=self.eta, variance_noise=variance_noise).prev_sample
         return {"image": self.decode(latents)}
 
     # ------------------------------------------------------------------------------ reporting
@@ -671,5 +701,5 @@ class EHRXDiff(ImageForecaster):
         return counts
 
 
-__all__ = ["DEFAULT_CONDITIONING", "DEFAULT_UNET", "EHRXDiff", "add_null_samples", "build_unet", "conditioning_options",
+__all__ = ["DEFAULT_CONDITIONING", "DEFAULT_UNET", "PREDICTIONS", "EHRXDiff", "add_null_samples", "build_unet", "conditioning_options",
            "noise_scheduler", "pair_generator"]
