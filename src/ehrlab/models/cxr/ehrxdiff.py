@@ -566,6 +566,8 @@ class EHRXDiff(ImageForecaster):
         of them, or only its ``"events"`` (the table stream); the loss a model that ignores those
         conditions would also reach (`validation_step`).
         """
+        if other_conditions not in (None, "all", "events"):
+            raise ValueError(f"other_conditions={other_conditions!r}: None, 'all' or 'events'")
         size = batch["target_image"].shape[0]
         n_real = size if source is None else int(source.max()) + 1
         real = batch if n_real == size else {k: v[:n_real] for k, v in batch.items() if isinstance(v, Tensor)
@@ -589,8 +591,6 @@ class EHRXDiff(ImageForecaster):
             noise = torch.randn(target.shape, generator=generator).to(device=device, dtype=target.dtype)
         alpha_bar = self.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(target.dtype)
         noisy = alpha_bar.sqrt() * target + (1.0 - alpha_bar).sqrt() * noise  # Eq. 1
-        if other_conditions not in (None, "all", "events"):
-            raise ValueError(f"other_conditions={other_conditions!r}: None, 'all' or 'events'")
         shift = condition_shift(size)
         if other_conditions == "events" and "table" in features:
             features["table"] = features["table"].roll(shift, dims=0)
@@ -686,7 +686,8 @@ class EHRXDiff(ImageForecaster):
             timesteps = torch.full((len(generators),), int(timestep), device=device, dtype=torch.long)
             predicted = self.denoise(nets["unet"], latents, timesteps, context, concat)
             variance_noise = draw() if self.eta > 0 else None
-            latents = sampler.step(predicted, timestep, latents, eta=self.eta, variance_noise=variance_noise).prev_sample
+            step = sampler.step(predicted, timestep, latents, eta=self.eta, variance_noise=variance_noise)
+            latents = step.prev_sample
         return {"image": self.decode(latents)}
 
     # ------------------------------------------------------------------------------ reporting
@@ -701,5 +702,5 @@ class EHRXDiff(ImageForecaster):
         return counts
 
 
-__all__ = ["DEFAULT_CONDITIONING", "DEFAULT_UNET", "PREDICTIONS", "EHRXDiff", "add_null_samples", "build_unet", "conditioning_options",
-           "noise_scheduler", "pair_generator"]
+__all__ = ["DEFAULT_CONDITIONING", "DEFAULT_UNET", "PREDICTIONS", "EHRXDiff", "add_null_samples", "build_unet",
+           "condition_shift", "conditioning_options", "noise_scheduler", "pair_generator"]
