@@ -187,4 +187,16 @@ def test_one_command_trains_the_parts_once_then_ehrxdiff_and_evaluates_three_sam
         assert second[key] == pytest.approx(first[key], nan_ok=True), key
     assert (tmp_path / "first" / "forecasts" / "seed_1.npz").read_bytes() == \
         (tmp_path / "second" / "forecasts" / "seed_1.npz").read_bytes()
+    # Table 10's run as the README writes it: the CLIP part is not trained, the autoencoder is
+    # still read back (the switch does not change a part's cache key).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehrlab.pipeline"):
+        pipeline.run(make_config(*TINY_EHRXDIFF, "pretrain.clip.train=false", "model.train_clip=true", "stage=train",
+                                 run_dir=tmp_path / "table10"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("part clip: not pretrained" in message for message in messages), messages
+    assert sum("reusing" in message for message in messages) == 1
+    config = yaml.safe_load((tmp_path / "table10" / "config.yaml").read_text())
+    assert config["model"]["clip_checkpoint"] is None
+    assert Path(config["model"]["autoencoder_checkpoint"]) == parts["autoencoder"]
 

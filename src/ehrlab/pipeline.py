@@ -196,8 +196,9 @@ def pretrain_parts(cfg: DictConfig, family: Family, task_data, run_dir: Path) ->
         part_class = get_class(part_cfg.model._target_)
         if family_of(part_class) is not family:
             raise UserInputError(f"pretrain.{name}: {part_class.__name__} is not {family.member}.")
-        key = digest({"data": task_data.cache_key, "part": OmegaConf.to_container(part, resolve=True),
-                      "seed": cfg.seed})
+        # `train` only says whether to train the part at all, so it is not part of what is trained
+        described = {k: v for k, v in OmegaConf.to_container(part, resolve=True).items() if k != "train"}
+        key = digest({"data": task_data.cache_key, "part": described, "seed": cfg.seed})
         folder = cache_dir / "pretrained" / f"{name}-{key}"
         if (folder / "metrics.json").exists():
             log.info("part %s: reusing %s (trained earlier on the same data, part config and seed)", name, folder)
