@@ -280,8 +280,8 @@ EHRXDIFF = {  # §3.3, §4.5 and the authors' config (REFERENCES.md)
     "output": "image", "unet": ((224, 448, 896, 896), 2), "n_context": 1024,
     "conditioning": {"vae_concat": False, "vae_cross_attention": True, "clip_image": True, "table": True},
     "diffusion": (1000, 0.0015, 0.0295, "scaled_linear", "epsilon"), "sampling": (100, 1.0, (0, 1, 2)),
-    "null_share": 0.0, "train_clip": True, "parts": ("autoencoder", "clip"), "epochs": 100, "batch_size": 128, "image_size": 256,
-    "optimizer": "AdamW", "lr": 5e-5, "weight_decay": 0.01}
+    "null_share": 0.0, "train_clip": True, "parts": ("autoencoder", "clip"), "epochs": 100, "batch_size": 128,
+    "image_size": 256, "optimizer": "AdamW", "lr": 5e-5, "weight_decay": 0.01}
 EHRXDIFF_SMALL = EHRXDIFF | {  # CPU size (conf/model/ehrxdiff_small.yaml)
     "unet": ((32, 64, 64), 2), "n_context": 64, "sampling": (50, 1.0, (0, 1, 2)), "train_clip": False, "epochs": 15,
     "diffusion": (1000, 0.0015, 0.0295, "scaled_linear", "v"),  # v-prediction for a short run (the yaml says why)

@@ -159,6 +159,22 @@ TINY_EHRXDIFF = [
 ]
 
 
+NO_CONDITION = ["model.conditioning.table=false", "model.conditioning.vae_cross_attention=false",
+                "model.conditioning.clip_image=false", "model.conditioning.vae_concat=false"]
+
+
+@pytest.mark.parametrize("overrides", [["model.prediction=x0"], NO_CONDITION])
+def test_a_bad_ehrxdiff_option_is_refused_before_its_parts_are_trained(make_config, cache_dir, tmp_path, overrides):
+    def parts() -> set[str]:
+        folder = cache_dir / "pretrained"
+        return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+    before = parts()
+    with pytest.raises(UserInputError, match="model.prediction|model.conditioning"):
+        pipeline.run(make_config(*TINY_EHRXDIFF, *overrides, "seed=7", run_dir=tmp_path / "bad"))
+    assert parts() == before
+
+
 def test_one_command_trains_the_parts_once_then_ehrxdiff_and_evaluates_three_sampling_seeds(
         make_config, runs, cache_dir, tmp_path, caplog):
     """Issue 12 item 7: the autoencoder and the CLIP encoders are trained first (once per data,

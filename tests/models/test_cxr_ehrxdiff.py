@@ -405,6 +405,13 @@ def test_validation_logs_the_gains_of_the_conditions_it_has():
     assert set(logged[1]) == {"val/loss", "val/condition_gain"}
     assert set(logged[7]) == {"val/loss", "val/condition_gain", "val/event_gain"}
     assert all(value != 0.0 for value in logged[7].values())
+    # one pass for all variants gives what separate passes on the same draws give
+    separate = {other: model.diffusion_loss(fake_batch(n_pairs=4), model.networks(ema=True),
+                                            generator=torch.Generator().manual_seed(0), other_conditions=other).item()
+                for other in (None, "all", "events")}
+    assert logged[7]["val/loss"] == pytest.approx(separate[None], rel=1e-5)
+    assert logged[7]["val/condition_gain"] == pytest.approx(separate["all"] - separate[None], rel=1e-4)
+    assert logged[7]["val/event_gain"] == pytest.approx(separate["events"] - separate[None], rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------- parts

@@ -33,6 +33,9 @@ class Family:
         if cfg.stage != "prepare" and cfg.stage not in self.stages:
             raise UserInputError(f"stage={cfg.stage} does not apply to {self.member} ({model_name}); "
                                  f"use stage={' / '.join(self.stages)}.")
+        check_options = getattr(model_class, "check_options", None)
+        if check_options is not None:  # a model's own checks, before its parts are pretrained
+            check_options(cfg.model)
 
     def check_model(self, cfg: DictConfig, model) -> None:
         """Refuse settings the built model cannot honour, before any training, so that a run

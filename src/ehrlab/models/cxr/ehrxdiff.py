@@ -164,6 +164,11 @@ def build_unet(latent_size: int, in_channels: int, out_channels: int, context_di
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
+def check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise UserInputError(f"model.prediction={prediction!r}: one of {sorted(PREDICTIONS)} (the paper: epsilon).")
+
+
 def noise_scheduler(train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
                     prediction: str = "epsilon") -> DDIMScheduler:
     """LDM's diffusion process and DDIM sampler in diffusers' terms: the betas of the training
@@ -171,8 +176,7 @@ def noise_scheduler(train_timesteps: int, beta_start: float, beta_end: float, be
     ``leading`` spacing with offset 1); the last step goes to ᾱ_0, not to 1 (LDM's
     ``alphas_cumprod_prev``); no clipping of the predicted latent (latents are unbounded);
     the denoiser predicts ε or v (`PREDICTIONS`)."""
-    if prediction not in PREDICTIONS:
-        raise UserInputError(f"model.prediction={prediction!r}: one of {sorted(PREDICTIONS)} (the paper: epsilon).")
+    check_prediction(prediction)
     try:
         return DDIMScheduler(num_train_timesteps=train_timesteps, beta_start=beta_start, beta_end=beta_end,
                              beta_schedule=beta_schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
@@ -386,6 +390,13 @@ class EHRXDiff(ImageForecaster):
         self.register_buffer("ema_updates", torch.tensor(0, dtype=torch.long))
         self.train()
 
+    @staticmethod
+    def check_options(options: Mapping) -> None:
+        """Options whose wrong value would otherwise show only once the parts are trained (the
+        runner calls this first, `ehrlab.families.base.Family.check`)."""
+        check_prediction(options.get("prediction", "epsilon"))
+        conditioning_options(options.get("conditioning"))
+
     # ----------------------------------------------------------------------------------- parts
 
     def _load_autoencoder(self, path: Path, architecture: dict) -> None:
@@ -555,19 +566,28 @@ class EHRXDiff(ImageForecaster):
 
     def diffusion_loss(self, batch: Batch, nets: dict[str, nn.Module | None], source: Tensor | None = None,
                        generator: torch.Generator | None = None, other_conditions: str | None = None) -> Tensor:
-        """Eq. 2: the mean squared error of the predicted noise (or v), at one random timestep per pair.
+        """Eq. 2: the mean squared error of the predicted noise (or v), at one random timestep per pair
+        (`diffusion_losses` with one variant)."""
+        return self.diffusion_losses(batch, nets, source, generator, (other_conditions,))[other_conditions]
+
+    def diffusion_losses(self, batch: Batch, nets: dict[str, nn.Module | None], source: Tensor | None = None,
+                         generator: torch.Generator | None = None,
+                         variants: Sequence[str | None] = (None,)) -> dict[str | None, Tensor]:
+        """Eq. 2's loss per variant of the conditions, all on the same draws (timesteps, noise,
+        posterior samples): None, each pair's own conditions; ``"all"``, those of the pair half a
+        batch away (`condition_shift`); ``"events"``, only that pair's events (the table stream).
+        The swapped ones give the loss a model that ignores those conditions would also reach
+        (`validation_step`). The features and draws are computed once for all variants.
 
         One autoencoder pass encodes the previous images and the targets. With `source` (a
         w_null batch, `add_null_samples`), the first ``max(source) + 1`` rows are the batch's own
         pairs and the others no-change rows on their previous images: those share the pairs'
         previous-image features, and only their (moved) targets are encoded anew. `generator`
-        (CPU) fixes every draw (validation). `other_conditions` denoises each pair, with the same
-        draws, using the conditions of the pair half a batch away (`condition_shift`): ``"all"``
-        of them, or only its ``"events"`` (the table stream); the loss a model that ignores those
-        conditions would also reach (`validation_step`).
+        (CPU) fixes every draw (validation).
         """
-        if other_conditions not in (None, "all", "events"):
-            raise ValueError(f"other_conditions={other_conditions!r}: None, 'all' or 'events'")
+        unknown = set(variants) - {None, "all", "events"}
+        if unknown:
+            raise ValueError(f"variants {sorted(map(str, unknown))}: None, 'all' or 'events'")
         size = batch["target_image"].shape[0]
         n_real = size if source is None else int(source.max()) + 1
         real = batch if n_real == size else {k: v[:n_real] for k, v in batch.items() if isinstance(v, Tensor)
@@ -591,15 +611,20 @@ class EHRXDiff(ImageForecaster):
             noise = torch.randn(target.shape, generator=generator).to(device=device, dtype=target.dtype)
         alpha_bar = self.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1).to(target.dtype)
         noisy = alpha_bar.sqrt() * target + (1.0 - alpha_bar).sqrt() * noise  # Eq. 1
+        wanted = self.prediction_target(target, noise, alpha_bar)
         shift = condition_shift(size)
-        if other_conditions == "events" and "table" in features:
-            features["table"] = features["table"].roll(shift, dims=0)
         context, concat = self.fuse(nets, features, size, source)
-        if other_conditions == "all":
-            context = context.roll(shift, dims=0)
-            concat = None if concat is None else concat.roll(shift, dims=0)
-        predicted = self.denoise(nets["unet"], noisy, timesteps, context, concat)
-        return F.mse_loss(predicted, self.prediction_target(target, noise, alpha_bar))
+        losses = {}
+        for variant in variants:
+            if variant == "all":
+                conditions = (context.roll(shift, dims=0), None if concat is None else concat.roll(shift, dims=0))
+            elif variant == "events" and "table" in features:
+                conditions = self.fuse(nets, {**features, "table": features["table"].roll(shift, dims=0)}, size,
+                                       source)
+            else:
+                conditions = (context, concat)
+            losses[variant] = F.mse_loss(self.denoise(nets["unet"], noisy, timesteps, *conditions), wanted)
+        return losses
 
     def on_fit_start(self) -> None:
         self._feature_cache.clear()
@@ -623,19 +648,15 @@ class EHRXDiff(ImageForecaster):
         (with a table stream). A gain near 0 means the denoiser ignores those conditions,
         whatever its loss: the quickest sign of whether a run has learnt to use the previous
         image and the events."""
-        nets, size = self.networks(ema=True), len(batch["pair_id"])
-
-        def loss(other: str | None = None) -> Tensor:
-            return self.diffusion_loss(batch, nets, generator=torch.Generator().manual_seed(batch_idx),
-                                       other_conditions=other)
-
-        own = loss()
-        self.log("val/loss", own, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
-        if size < 2:
-            return
-        gains = {"condition_gain": "all"} | ({"event_gain": "events"} if self.conditioning["table"] else {})
+        size = len(batch["pair_id"])
+        gains = {} if size < 2 else {"condition_gain": "all"} | (
+            {"event_gain": "events"} if self.conditioning["table"] else {})
+        draws = torch.Generator().manual_seed(batch_idx)
+        losses = self.diffusion_losses(batch, self.networks(ema=True), generator=draws,
+                                       variants=(None, *gains.values()))
+        self.log("val/loss", losses[None], on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name, swapped in gains.items():
-            self.log(f"val/{name}", loss(swapped) - own, on_epoch=True, batch_size=size, sync_dist=True)
+            self.log(f"val/{name}", losses[swapped] - losses[None], on_epoch=True, batch_size=size, sync_dist=True)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
