@@ -5,6 +5,7 @@ of the paper-size model (``ehrxdiff``, 256², 600 M trained parameters) at batch
     python bench/bench_ehrxdiff.py                  # small, small_wnull, sampling, paper
     python bench/bench_ehrxdiff.py --skip-paper     # without the paper-size step (≈ 14 GB of memory)
     python bench/bench_ehrxdiff.py --threads 2
+    python bench/bench_ehrxdiff.py --skip-paper --override model.table_context=mixed   # any config override
 
 The models are built from the project's configs (``model=ehrxdiff_small`` etc., composed as
 ``run.py`` would), with untrained parts. Batches have the default phantom's shapes: images of
@@ -35,9 +36,9 @@ EVENT_DIM = 384
 FINDINGS = [f"imagenome:finding {i}" for i in range(7)]
 
 
-def model_config(name: str):
-    """conf/model/<name>.yaml composed with the rest of the config, as run.py would (the config
-    folder: $EHRLAB_BENCH_CONFIG_DIR, else the project's conf/)."""
+def model_config(name: str, overrides: list[str]):
+    """conf/model/<name>.yaml composed with the rest of the config and `overrides`, as run.py would
+    (the config folder: $EHRLAB_BENCH_CONFIG_DIR, else the project's conf/)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -47,14 +48,14 @@ def model_config(name: str):
     with initialize_config_dir(config_dir=os.environ.get("EHRLAB_BENCH_CONFIG_DIR", str(CONFIG_DIR)),
                                version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}", "data=synthetic_cxr", "task=cxr_forecast",
-                                           "run_dir=/tmp/bench_ehrxdiff"])
+                                           "run_dir=/tmp/bench_ehrxdiff", *overrides])
     return OmegaConf.to_container(cfg.model, resolve=True), int(cfg.data.batch_size), int(cfg.data.image_size)
 
 
-def build(name: str):
+def build(name: str, overrides: list[str]):
     from hydra.utils import instantiate
 
-    node, batch_size, image_size = model_config(name)
+    node, batch_size, image_size = model_config(name, overrides)
     model = instantiate(node, findings=FINDINGS, event_dim=EVENT_DIM, image_size=image_size, max_events=1024)
     return model, batch_size, image_size
 
@@ -77,10 +78,10 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def train_steps(name: str, steps: int, batch_size: int | None) -> dict:
+def train_steps(name: str, steps: int, batch_size: int | None, overrides: list[str]) -> dict:
     """`steps` batches of new pairs (the first epoch), then the same batches again (the later
     epochs: with ``cache_conditions`` the frozen parts' outputs are read back); one warm-up step."""
-    model, configured, image_size = build(name)
+    model, configured, image_size = build(name, overrides)
     batch_size = batch_size or configured
     optimizer = model.configure_optimizers()
     model.train()
@@ -115,8 +116,8 @@ def _training_inputs(model, batch):
     return batch, model.networks(ema=False)
 
 
-def sampling(name: str, batches: int, batch_size: int | None) -> dict:
-    model, configured, image_size = build(name)
+def sampling(name: str, batches: int, batch_size: int | None, overrides: list[str]) -> dict:
+    model, configured, image_size = build(name, overrides)
     batch_size = batch_size or configured
     model.forecast(phantom_batch(2, image_size), seed=0)  # warm-up
     start = time.perf_counter()
@@ -145,22 +146,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
     parser.add_argument("--sample-batches", type=int, default=2, help="timed sampling batches")
     parser.add_argument("--skip-paper", action="store_true", help="leave out the paper-size step at batch 1")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a config override for every model measured (repeatable), e.g. model.table_context=mixed")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         kind, name, batch = args.child[0], args.child[1], int(args.child[2]) or None
-        result = (train_steps(name, args.steps, batch) if kind == "train" else
-                  sampling(name, args.sample_batches, batch))
+        result = (train_steps(name, args.steps, batch, args.override) if kind == "train" else
+                  sampling(name, args.sample_batches, batch, args.override))
         print(json.dumps(result))
         return
     common = [f"--threads={args.threads or torch.get_num_threads()}", f"--steps={args.steps}",
-              f"--sample-batches={args.sample_batches}"]
+              f"--sample-batches={args.sample_batches}", *(f"--override={o}" for o in args.override)]
     jobs = [["train", "ehrxdiff_small", "0"], ["train", "ehrxdiff_small_wnull", "0"], ["sample", "ehrxdiff_small", "0"]]
     if not args.skip_paper:
         jobs.append(["train", "ehrxdiff", "1"])
-    print(f"{torch.get_num_threads() if not args.threads else args.threads} threads")
+    print(f"{torch.get_num_threads() if not args.threads else args.threads} threads"
+          + (f"; overrides {' '.join(args.override)}" if args.override else ""))
     print("| measure | batch | result | peak RSS (GiB) |")
     print("|---|---:|---|---:|")
     for job in jobs:

@@ -173,7 +173,8 @@ def model_values(cfg) -> dict:
     if isinstance(module, EHRXDiff):
         unet = module.unet.config
         values |= {"unet": (tuple(unet.block_out_channels), unet.layers_per_block),
-                   "n_context": module.hparams.n_context, "conditioning": dict(module.conditioning),
+                   "n_context": module.hparams.n_context, "table_context": module.adapter.table_context,
+                   "conditioning": dict(module.conditioning),
                    "diffusion": (module.train_timesteps, module.hparams.beta_start, module.hparams.beta_end,
                                  module.hparams.beta_schedule, module.prediction),
                    "sampling": (module.sampling_steps, module.eta, module.sampling_seeds),
@@ -277,7 +278,7 @@ CXR_CLIP = CXR_PART | {  # Appendix B.1: ViT-B/32 at 256² (65 tokens of 768), 2
     "batch_size": 1024, "image_size": 256, "optimizer": "AdamW", "lr": 5e-4, "weight_decay": 0.2}
 EHRXDIFF = {  # §3.3, §4.5 and the authors' config (REFERENCES.md)
     "class": "EHRXDiff", "monitor": ("val/loss", "min"), "gradient_clip_val": None, "trainable": True,
-    "output": "image", "unet": ((224, 448, 896, 896), 2), "n_context": 1024,
+    "output": "image", "unet": ((224, 448, 896, 896), 2), "n_context": 1024, "table_context": "mixed",
     "conditioning": {"vae_concat": False, "vae_cross_attention": True, "clip_image": True, "table": True},
     "diffusion": (1000, 0.0015, 0.0295, "scaled_linear", "epsilon"), "sampling": (100, 1.0, (0, 1, 2)),
     "null_share": 0.0, "train_clip": True, "parts": ("autoencoder", "clip"), "epochs": 100, "batch_size": 128,

@@ -163,14 +163,14 @@ NO_CONDITION = ["model.conditioning.table=false", "model.conditioning.vae_cross_
                 "model.conditioning.clip_image=false", "model.conditioning.vae_concat=false"]
 
 
-@pytest.mark.parametrize("overrides", [["model.prediction=x0"], NO_CONDITION])
+@pytest.mark.parametrize("overrides", [["model.prediction=x0"], NO_CONDITION, ["model.table_context=pooled"]])
 def test_a_bad_ehrxdiff_option_is_refused_before_its_parts_are_trained(make_config, cache_dir, tmp_path, overrides):
     def parts() -> set[str]:
         folder = cache_dir / "pretrained"
         return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
     before = parts()
-    with pytest.raises(UserInputError, match="model.prediction|model.conditioning"):
+    with pytest.raises(UserInputError, match="model.prediction|model.conditioning|model.table_context"):
         pipeline.run(make_config(*TINY_EHRXDIFF, *overrides, "seed=7", run_dir=tmp_path / "bad"))
     assert parts() == before
 

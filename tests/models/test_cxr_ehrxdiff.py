@@ -85,7 +85,7 @@ def test_each_conditioning_row_gives_its_context_and_unet_input(row):
         prev_latent = model.encode(batch["prev_image"])[:, :2]  # the posterior's mode (its mean)
         context, extra = model.conditions(model.networks(ema=False), batch)
     streams = vae_attention or clip_image or table
-    assert context.shape == (4, 6 if streams else 1, 12)
+    assert context.tokens.shape == (4, 6 if streams else 1, 12) and context.mask is None
     assert model.unet.config.in_channels == (4 if concat else 2)
     assert (extra is not None) == concat
     if concat:
@@ -111,13 +111,13 @@ def test_adapter_multiplies_only_the_real_event_slots_exactly_as_padding_would()
     table[1, 3:] = 0.0  # the second pair's padding
     image, vae = torch.randn(2, 3, 6), torch.randn(2, 2, 3, 3)
     padded = torch.cat([table, torch.zeros(2, 6, 6)], dim=1)
-    short = adapter(table=table, image=image, vae=vae)
+    short = adapter(table=table, image=image, vae=vae).tokens
     # the definition: all 10 + 3 + 2 tokens through one linear map along the token axis
     tokens = torch.cat([padded, image, adapter.vae_projection(vae.flatten(2))], dim=1)
     full = adapter.output_projection(adapter.token_mixing(tokens.transpose(1, 2)).transpose(1, 2))
     assert short.shape == (2, 5, 4)
     assert torch.allclose(short, full, atol=1e-6)
-    assert torch.allclose(adapter(table=padded, image=image, vae=vae), full, atol=1e-6)
+    assert torch.allclose(adapter(table=padded, image=image, vae=vae).tokens, full, atol=1e-6)
     assert adapter.token_mixing.weight.shape == (5, 15)
     with pytest.raises(UserInputError, match="more than the 10 event slots"):
         adapter(table=torch.randn(2, 11, 6), image=image, vae=vae)
@@ -125,10 +125,36 @@ def test_adapter_multiplies_only_the_real_event_slots_exactly_as_padding_would()
         adapter(table=table, image=image)
 
 
+def test_adapter_with_table_tokens_of_their_own_mixes_only_the_image_streams():
+    """table_context=tokens: the event tokens follow the mixed image and VAE tokens as they are
+    (projected to the context width), and the mask keeps cross-attention off their padding."""
+    torch.manual_seed(0)
+    adapter = FusionAdapter(clip_dim=6, n_context=5, context_dim=4, table_tokens=10, image_tokens=3,
+                            vae_channels=2, vae_pixels=9, table_context="tokens")
+    table = torch.randn(2, 4, 6)
+    table[1, 3:] = 0.0
+    mask = torch.tensor([[True] * 4, [True] * 3 + [False]])
+    image, vae = torch.randn(2, 3, 6), torch.randn(2, 2, 3, 3)
+    context = adapter(table=table, image=image, vae=vae, table_mask=mask)
+    assert adapter.token_mixing.weight.shape == (5, 5)  # 3 image + 2 VAE tokens, no event slot
+    mixed = adapter.token_mixing(torch.cat([image, adapter.vae_projection(vae.flatten(2))], dim=1).transpose(1, 2))
+    expected = adapter.output_projection(torch.cat([mixed.transpose(1, 2), table], dim=1))
+    assert torch.allclose(context.tokens, expected, atol=1e-6)
+    assert torch.equal(context.mask, torch.cat([torch.ones(2, 5, dtype=torch.bool), mask], dim=1))
+    with pytest.raises(ValueError, match="table_mask"):
+        adapter(table=table, image=image, vae=vae)
+    with pytest.raises(UserInputError, match="table_context"):
+        FusionAdapter(clip_dim=6, n_context=5, table_tokens=10, table_context="pooled")
+    # The table stream alone: one learned token first, which a pair without events attends.
+    alone = FusionAdapter(clip_dim=6, n_context=5, table_tokens=10, table_context="tokens")
+    context = alone(table=torch.zeros(2, 3, 6), table_mask=torch.zeros(2, 3, dtype=torch.bool))
+    assert context.tokens.shape == (2, 4, 6) and context.mask[:, 0].all() and not context.mask[:, 1:].any()
+
+
 def test_adapter_without_streams_is_one_learned_token():
     adapter = FusionAdapter(clip_dim=6, n_context=5, context_dim=4)
     out = adapter(batch_size=3)
-    assert out.shape == (3, 1, 4) and torch.equal(out[0], out[2])
+    assert out.tokens.shape == (3, 1, 4) and torch.equal(out.tokens[0], out.tokens[2]) and out.mask is None
     assert [name for name, _ in adapter.named_parameters()] == ["null_context"]
 
 
@@ -186,8 +212,9 @@ def test_wnull_training_step_runs_on_the_extended_batch():
 # ---------------------------------------------------------------------------------- sampling
 
 
-def test_ddim_with_a_fixed_seed_is_deterministic_and_independent_of_the_batch():
-    model = make_model(sampling_steps=5)
+@pytest.mark.parametrize("table_context", ["mixed", "tokens"])
+def test_ddim_with_a_fixed_seed_is_deterministic_and_independent_of_the_batch(table_context):
+    model = make_model(sampling_steps=5, table_context=table_context)
     batch = fake_batch(n_pairs=5, n_events=[5, 1, 3, 2, 4])
     first = model.forecast(batch, seed=0)["image"]
     assert first.shape == (5, 1, S, S) and first.min() >= 0 and first.max() <= 1
@@ -208,17 +235,19 @@ def test_ddim_with_a_fixed_seed_is_deterministic_and_independent_of_the_batch():
                            torch.randn(3, generator=pair_generator(1, 10)))
 
 
+@pytest.mark.parametrize("table_context", ["mixed", "tokens"])
 @pytest.mark.parametrize("table", [False, True])
-def test_the_events_change_the_forecast_only_with_the_table_stream(table):
-    model = make_model(conditioning={**conditioning(7), "table": table}, sampling_steps=3)
+def test_the_events_change_the_forecast_only_with_the_table_stream(table, table_context):
+    model = make_model(conditioning={**conditioning(7), "table": table}, sampling_steps=3, table_context=table_context)
     batch = fake_batch()
     changed = dict(batch, events=torch.randn_like(batch["events"]) * batch["event_mask"].unsqueeze(-1))
     same = torch.allclose(model.forecast(batch, seed=0)["image"], model.forecast(changed, seed=0)["image"], atol=1e-6)
     assert same != table
 
 
-def test_no_events_at_all_is_a_valid_condition():
-    model = make_model(sampling_steps=2)
+@pytest.mark.parametrize(("row", "table_context"), [(7, "mixed"), (7, "tokens"), (4, "tokens")])
+def test_no_events_at_all_is_a_valid_condition(row, table_context):
+    model = make_model(sampling_steps=2, conditioning=conditioning(row), table_context=table_context)
     batch = fake_batch(n_events=[0, 0, 2, 0])
     assert not model.forecast(batch, seed=0)["image"].isnan().any()
 
@@ -332,10 +361,10 @@ def test_lightning_fit_updates_the_ema_and_the_checkpoint_restores_the_forecast(
     assert torch.equal(fresh.forecast(batch, seed=2)["image"], model.forecast(batch, seed=2)["image"])
 
 
-@pytest.mark.parametrize("train_clip", [False, True])
-def test_cached_conditions_give_the_same_loss(train_clip):
-    model = make_model(train_clip=train_clip, cache_conditions=True, null_share=0.5).eval()
-    plain = make_model(train_clip=train_clip, null_share=0.5).eval()
+@pytest.mark.parametrize(("train_clip", "table_context"), [(False, "mixed"), (True, "mixed"), (False, "tokens")])
+def test_cached_conditions_give_the_same_loss(train_clip, table_context):
+    model = make_model(train_clip=train_clip, cache_conditions=True, null_share=0.5, table_context=table_context).eval()
+    plain = make_model(train_clip=train_clip, null_share=0.5, table_context=table_context).eval()
     plain.load_state_dict(model.state_dict())
     batch = fake_batch(n_pairs=5, n_events=[5, 1, 3, 0, 2])
     extended, source = add_null_samples(batch, 0.5, 10.0, (0.9, 1.1), generator=torch.Generator().manual_seed(0))
@@ -370,14 +399,14 @@ def test_validation_loss_is_the_same_draw_every_epoch():
     assert values[0] == values[1]
 
 
-@pytest.mark.parametrize(("row", "other", "swapped"), [(1, "all", ("prev_image",)),
-                                                      (7, "all", ("prev_image", "events", "event_mask")),
-                                                      (7, "events", ("events", "event_mask"))])
-def test_other_conditions_denoise_each_target_with_the_pair_half_a_batch_away(row, other, swapped):
+@pytest.mark.parametrize(("row", "other", "swapped", "table_context"), [
+    (1, "all", ("prev_image",), "mixed"), (7, "all", ("prev_image", "events", "event_mask"), "mixed"),
+    (7, "events", ("events", "event_mask"), "mixed"), (7, "events", ("events", "event_mask"), "tokens")])
+def test_other_conditions_denoise_each_target_with_the_pair_half_a_batch_away(row, other, swapped, table_context):
     """val/condition_gain's and val/event_gain's second loss: the same draws and targets, each
     pair's conditions (all, or its events only) replaced by the pair's `condition_shift` rows away."""
-    model = make_model(conditioning=conditioning(row))
-    batch = fake_batch(n_pairs=6)
+    model = make_model(conditioning=conditioning(row), table_context=table_context)
+    batch = fake_batch(n_pairs=6, n_events=[5, 1, 3, 2, 4, 5])
     shift = condition_shift(6)
     moved = dict(batch)
     for key in swapped:
@@ -390,6 +419,8 @@ def test_other_conditions_denoise_each_target_with_the_pair_half_a_batch_away(ro
     assert shift == 3
     assert loss(batch, other) == pytest.approx(loss(moved), rel=1e-5)
     assert loss(batch, other) != loss(batch)  # an untrained model already reads its conditions
+    if table_context == "tokens":
+        return
     model = make_model(conditioning=conditioning(7))  # an adapter that outputs its bias only: no pair is seen
     for parameter in (model.adapter.token_mixing.weight, model.adapter.token_mixing.bias):
         torch.nn.init.zeros_(parameter)

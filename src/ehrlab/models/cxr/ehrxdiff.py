@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from ehrlab.checkpoints import read_checkpoint
 from ehrlab.errors import UserInputError
-from ehrlab.models.cxr.adapter import FusionAdapter
+from ehrlab.models.cxr.adapter import TABLE_CONTEXTS, Context, FusionAdapter
 from ehrlab.models.cxr.augment import random_affine
 from ehrlab.models.cxr.autoencoder import (
     AUTOENCODER_KEY,
@@ -162,6 +162,12 @@ def build_unet(latent_size: int, in_channels: int, out_channels: int, context_di
 
 #: model.prediction → diffusers' prediction_type
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
+
+
+def check_table_context(table_context: str) -> None:
+    if table_context not in TABLE_CONTEXTS:
+        raise UserInputError(f"model.table_context={table_context!r}: choose one of {list(TABLE_CONTEXTS)} "
+                             "(mixed: the paper's adapter; tokens: the event tokens as context tokens of their own).")
 
 
 def check_prediction(prediction: str) -> None:
@@ -266,6 +272,9 @@ class EHRXDiff(ImageForecaster):
             UNet input), ``vae_cross_attention``, ``clip_image``, ``table`` (adapter streams);
             missing keys take EHRXDiff's (row 7: all but vae_concat).
         n_context: C_fusion, the adapter's context tokens (1,024).
+        table_context: ``mixed`` (§3.3.2, the paper: the event tokens go through the adapter's
+            mixing layer) or ``tokens`` (they are context tokens of their own, after the mixed
+            ones; `ehrlab.models.cxr.adapter` explains why ehrxdiff_small uses it).
         context_dim: the UNet's cross-attention width (768 = D_CLIP: no extra projection).
         unet: {block_out_channels, layers_per_block, attention_levels, n_heads} (`build_unet`).
         train_timesteps, beta_start, beta_end, beta_schedule: the diffusion process (Eq. 1).
@@ -293,7 +302,8 @@ class EHRXDiff(ImageForecaster):
                  autoencoder: Mapping, clip: Mapping, optimizer: Callable[..., torch.optim.Optimizer],
                  autoencoder_checkpoint: str | None = None, clip_checkpoint: str | None = None,
                  train_clip: bool = True, conditioning: Mapping | None = None, n_context: int = 1024,
-                 context_dim: int = 768, unet: Mapping | None = None, train_timesteps: int = 1000,
+                 table_context: str = "mixed", context_dim: int = 768, unet: Mapping | None = None,
+                 train_timesteps: int = 1000,
                  beta_start: float = 0.0015, beta_end: float = 0.0295, beta_schedule: str = "scaled_linear",
                  prediction: str = "epsilon",
                  sampling_steps: int = 100, eta: float = 1.0, sampling_seeds: Sequence[int] = (0, 1, 2),
@@ -364,7 +374,7 @@ class EHRXDiff(ImageForecaster):
             table_tokens=max_events if self.conditioning["table"] else 0,
             image_tokens=image_encoder.n_tokens if self.conditioning["clip_image"] else 0,
             vae_channels=self.latent_channels if self.conditioning["vae_cross_attention"] else 0,
-            vae_pixels=self.latent_size ** 2)
+            vae_pixels=self.latent_size ** 2, table_context=table_context)
         unet = {**DEFAULT_UNET, **(plain(unet) or {})}
         unknown = sorted(set(unet) - set(DEFAULT_UNET))
         if unknown:
@@ -396,6 +406,7 @@ class EHRXDiff(ImageForecaster):
         runner calls this first, `ehrlab.families.base.Family.check`)."""
         check_prediction(options.get("prediction", "epsilon"))
         conditioning_options(options.get("conditioning"))
+        check_table_context(options.get("table_context", "mixed"))
 
     # ----------------------------------------------------------------------------------- parts
 
@@ -481,6 +492,7 @@ class EHRXDiff(ImageForecaster):
         if "table" in keys:
             features["table"] = table_tokens(nets[TABLE_ENCODER_KEY], batch["events"], batch["event_mask"],
                                              self.clip_dim)
+            features["table_mask"] = batch["event_mask"]
         return features
 
     def cached_pair_features(self, nets: dict[str, nn.Module | None], keys: set[str], batch: Batch) -> dict[str, Tensor]:
@@ -501,7 +513,7 @@ class EHRXDiff(ImageForecaster):
                                                               if isinstance(v, Tensor) and v.ndim})
             lengths = batch["event_mask"][rows].sum(dim=1).tolist()
             for index, row in enumerate(missing):
-                entry = {key: value[index].detach().cpu() for key, value in fresh.items()}
+                entry = {key: value[index].detach().cpu() for key, value in fresh.items() if key != "table_mask"}
                 if "table" in entry:  # the real events only: the padding depends on the batch
                     entry["table"] = entry["table"][:lengths[index]].clone()
                 self._feature_cache[ids[row]] = entry
@@ -518,17 +530,19 @@ class EHRXDiff(ImageForecaster):
                 for row, entry in enumerate(entries):
                     tokens[row, :len(entry["table"])] = entry["table"]
                 features[key] = tokens.to(device)
+                features["table_mask"] = batch["event_mask"]
             else:
                 features[key] = torch.stack([entry[key] for entry in entries]).to(device)
         return features
 
     def fuse(self, nets: dict[str, nn.Module | None], features: dict[str, Tensor], size: int,
-             source: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """(context [B, n_context, context_dim], the scaled previous latent to concatenate or None).
+             source: Tensor | None = None) -> tuple[Context, Tensor | None]:
+        """(the context of the UNet's cross-attention, the scaled previous latent to concatenate or None).
 
         ``features["prev"]`` and ``features["image"]`` are per distinct previous image,
-        ``features["table"]`` per row; `source` [B] maps each row to its previous image (None: one
-        image per row). The VAE conditions use the posterior's mode (its mean).
+        ``features["table"]`` and ``features["table_mask"]`` per row; `source` [B] maps each row to
+        its previous image (None: one image per row). The VAE conditions use the posterior's mode
+        (its mean).
         """
         def rows(value: Tensor) -> Tensor:
             return value if source is None else value[source]
@@ -536,7 +550,7 @@ class EHRXDiff(ImageForecaster):
         prev_latent = rows(features["prev"][:, :self.latent_channels])
         streams = {}
         if self.conditioning["table"]:
-            streams["table"] = features["table"]
+            streams["table"], streams["table_mask"] = features["table"], features["table_mask"]
         if self.conditioning["clip_image"]:
             streams["image"] = rows(features["image"])
         if self.conditioning["vae_cross_attention"]:
@@ -545,15 +559,16 @@ class EHRXDiff(ImageForecaster):
         concat = prev_latent * self.latent_scale if self.conditioning["vae_concat"] else None
         return context, concat
 
-    def conditions(self, nets: dict[str, nn.Module | None], batch: Batch) -> tuple[Tensor, Tensor | None]:
+    def conditions(self, nets: dict[str, nn.Module | None], batch: Batch) -> tuple[Context, Tensor | None]:
         """(context, latent to concatenate or None) of a batch of pairs (see `fuse`)."""
         return self.fuse(nets, self.pair_features(nets, self.feature_keys(), batch), batch["prev_image"].shape[0])
 
-    def denoise(self, unet: nn.Module, latents: Tensor, timesteps: Tensor, context: Tensor,
+    def denoise(self, unet: nn.Module, latents: Tensor, timesteps: Tensor, context: Context,
                 concat: Tensor | None) -> Tensor:
         """ε_θ(z_t, t, c): the predicted noise [B, C_z, h, w] (or v, with ``prediction: v``)."""
         sample = latents if concat is None else torch.cat([latents, concat], dim=1)
-        return unet(sample, timesteps, encoder_hidden_states=context).sample
+        return unet(sample, timesteps, encoder_hidden_states=context.tokens,
+                    encoder_attention_mask=context.mask).sample
 
     # -------------------------------------------------------------------------------- training
 
@@ -601,6 +616,7 @@ class EHRXDiff(ImageForecaster):
             if "table" in features:  # no events: zeros, without running the encoder
                 features["table"] = torch.cat([features["table"], table_tokens(
                     nets[TABLE_ENCODER_KEY], null_rows["events"], null_rows["event_mask"], self.clip_dim)])
+                features["table_mask"] = torch.cat([features["table_mask"], null_rows["event_mask"]])
         target = DiagonalGaussianDistribution(features.pop("target")).sample(generator) * self.latent_scale
         device = target.device
         if generator is None:
@@ -617,10 +633,10 @@ class EHRXDiff(ImageForecaster):
         losses = {}
         for variant in variants:
             if variant == "all":
-                conditions = (context.roll(shift, dims=0), None if concat is None else concat.roll(shift, dims=0))
+                conditions = (context.roll(shift), None if concat is None else concat.roll(shift, dims=0))
             elif variant == "events" and "table" in features:
-                conditions = self.fuse(nets, {**features, "table": features["table"].roll(shift, dims=0)}, size,
-                                       source)
+                events = {key: features[key].roll(shift, dims=0) for key in ("table", "table_mask")}
+                conditions = self.fuse(nets, {**features, **events}, size, source)
             else:
                 conditions = (context, concat)
             losses[variant] = F.mse_loss(self.denoise(nets["unet"], noisy, timesteps, *conditions), wanted)
@@ -695,7 +711,7 @@ class EHRXDiff(ImageForecaster):
         context, concat = self.conditions(nets, batch)
         generators = [pair_generator(seed, pair_id) for pair_id in batch["pair_id"].tolist()]
         shape = (self.latent_channels, self.latent_size, self.latent_size)
-        device, dtype = context.device, context.dtype
+        device, dtype = context.tokens.device, context.tokens.dtype
 
         def draw() -> Tensor:
             return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device=device, dtype=dtype)
