@@ -32,10 +32,12 @@ above, and the event tokens follow them in the context as they are, each its own
 token, with a mask that keeps the UNet's cross-attention off the padded slots. Why: the
 mixing layer has one weight per event *slot*, and the events of a pair fill the slots in time
 order, so the same event (a diuretic) enters each context token with a weight that depends on
-where in the list it fell. On the phantom a reader trained through the mixing layer did not
-learn the events within ehrxdiff_small's budget while one that attends to the event tokens
-did (RESULTS.md, "Why the events do not get through"). Cross-attention over the tokens
-themselves reads a set the same way wherever its members sit, as the text tokens of an LDM.
+where in the list it fell. Cross-attention over the tokens themselves reads a set the same
+way wherever its members sit, as it reads the text tokens of an LDM. On the phantom a small
+reader trained through the mixing layer did not learn the events within ehrxdiff_small's
+budget, and one that attends to the event tokens did; EHRXDiff small itself scored within
+noise of the mixed context after 15 epochs (RESULTS.md, "Why the events do not get through").
+The cost: the cross-attention reads up to max_events more tokens (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ehrlab.errors import UserInputError
-
 
 #: how the table stream reaches the context: through the mixing layer (§3.3.2) or as tokens of its own
 TABLE_CONTEXTS = ("mixed", "tokens")

@@ -1,0 +1,200 @@
+"""Where do the events get lost on their way to EHRXDiff's UNet? Two probes on the phantom's pairs
+(RESULTS.md, "Why the events do not get through"), read off an EHRXDiff run's prepared data and
+CLIP part.
+
+1. Linear probes: a logistic regression per ImaGenome finding predicts the target label from the
+   previous labels and one pooled summary of the pair's events, with the summary's effect allowed
+   to differ by previous label (features × previous label). Summaries: the bag of event texts,
+   the mean raw text embedding, the mean token of the pretrained CLIP table encoder, and of a
+   random (untrained) one. Against them: the previous labels alone, and the phantom's true
+   posterior (the ceiling).
+2. Readers: a small cross-attention reader (learned queries plus the previous labels) trained
+   by AdamW (2e-4, batch 32: ehrxdiff_small's) to predict the target labels from a context,
+   either the adapter's mixed tokens (§3.3.2: the event slots through one linear map along the
+   token axis into 64 tokens, as in ehrxdiff_small) or the event tokens themselves
+   (``table_context: tokens``). It stands in for the UNet's cross-attention: what it does not
+   learn in 15 epochs, the UNet is unlikely to either.
+
+Training pairs fit; validation + test pairs are scored: macro AUROC over the findings on All
+and on Diff (the rows whose label changed), as the evaluation does (unweighted here).
+
+    python results/ehrxdiff_small/event_probe.py outputs/<date>/<ehrxdiff_small run>
+
+One thread; about 10 minutes on the default phantom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from scipy.sparse import csr_matrix, hstack
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from ehrlab.models.cxr.adapter import FusionAdapter
+from ehrlab.models.cxr.clip import build_clip_encoders
+from ehrlab.models.cxr.parts import load_part
+from ehrlab.pipeline import prepare
+
+
+def macro_aurocs(labels: np.ndarray, scores: np.ndarray, changed: np.ndarray) -> tuple[float, float]:
+    """(All, Diff): mean AUROC over the findings, on every row and on the rows whose label changed."""
+    every = [roc_auc_score(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+    diff = [roc_auc_score(labels[changed[:, k], k], scores[changed[:, k], k]) for k in range(labels.shape[1])
+            if len(set(labels[changed[:, k], k])) == 2]
+    return float(np.mean(every)), float(np.mean(diff))
+
+
+class Pairs:
+    """The prepared pairs: previous and target ImaGenome labels, events as text ids, the split."""
+
+    def __init__(self, run: Path):
+        self.config = OmegaConf.load(run / "config.yaml")
+        data = prepare(self.config, Path(tempfile.mkdtemp()))  # the prepared data come from the cache
+        columns = [data.findings.index(f) for f in data.findings if f.startswith("imagenome:")]
+        self.previous, self.target = data.previous_labels()[:, columns], data.target_labels()[:, columns]
+        self.planted = None if data.planted is None else data.planted[:, columns]
+        split = data.pairs["split"].to_numpy()
+        self.train, self.scored = np.flatnonzero(split == "train"), np.flatnonzero(split != "train")
+        self.embeddings = torch.from_numpy(np.array(data.event_embeddings, dtype=np.float32))  # a writable copy
+        self.offsets, self.text_ids = data.event_offsets, data.event_text_ids.astype(np.int64)
+        self.n_texts, self.max_events = len(data.texts), data.max_events
+
+    def __len__(self) -> int:
+        return len(self.previous)
+
+    def events(self, pair: int) -> torch.Tensor:
+        return self.embeddings[self.text_ids[self.offsets[pair]:self.offsets[pair + 1]]]
+
+    def table_encoder(self, trained: bool) -> nn.Module:
+        architecture = OmegaConf.to_container(self.config.model.clip, resolve=True)
+        torch.manual_seed(0)
+        _, encoder = build_clip_encoders(int(self.config.data.image_size), self.embeddings.shape[1], architecture)
+        if trained:
+            load_part(encoder, Path(self.config.model.clip_checkpoint), "table_encoder", role="the CLIP part",
+                      hint="")
+        return encoder.eval()
+
+    def tokens(self, encoder: nn.Module | None) -> list[torch.Tensor]:
+        """Per pair, its event tokens: the raw embeddings (no encoder) or the encoder's."""
+        with torch.no_grad():
+            return [self.events(i) if encoder is None else
+                    encoder(self.events(i)[None], torch.ones(1, len(self.events(i)), dtype=torch.bool))[0]
+                    for i in range(len(self))]
+
+
+def linear_probe(pairs: Pairs, summary) -> tuple[float, float]:
+    """Per finding, a logistic regression on [previous labels, summary × previous, summary × (1 − previous)]."""
+    scores = np.zeros((len(pairs.scored), pairs.target.shape[1]))
+    for k in range(pairs.target.shape[1]):
+        before = pairs.previous[:, k:k + 1]
+        if isinstance(summary, csr_matrix):
+            features = hstack([csr_matrix(pairs.previous), summary.multiply(before),
+                               summary.multiply(1 - before)]).tocsr()
+        else:
+            features = np.hstack([pairs.previous, summary * before, summary * (1 - before)])
+            features = StandardScaler().fit(features[pairs.train]).transform(features)
+        model = LogisticRegression(C=0.1, max_iter=2000).fit(features[pairs.train], pairs.target[pairs.train, k])
+        scores[:, k] = model.predict_proba(features[pairs.scored])[:, 1]
+    return macro_aurocs(pairs.target[pairs.scored], scores,
+                        pairs.previous[pairs.scored] != pairs.target[pairs.scored])
+
+
+class Reader(nn.Module):
+    """Cross-attention from learned per-finding queries (plus the previous labels) to a context."""
+
+    def __init__(self, width: int, n_findings: int, adapter: FusionAdapter | None):
+        super().__init__()
+        self.adapter = adapter
+        self.queries = nn.Parameter(torch.randn(n_findings, width) * 0.02)
+        self.previous = nn.Linear(n_findings, width)
+        self.norm = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, 4, batch_first=True)
+        self.head = nn.Linear(width, 1)
+        self.skip = nn.Linear(n_findings, n_findings)
+
+    def forward(self, previous: torch.Tensor, events: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.adapter is not None:
+            context = self.adapter(table=events, table_mask=mask)
+            padding = None if context.mask is None else ~context.mask
+            context = context.tokens
+        else:
+            context, padding = events, ~mask
+        context = self.norm(context)
+        queries = self.queries[None] + self.previous(previous)[:, None]
+        read, _ = self.attention(queries, context, context, key_padding_mask=padding)
+        return self.head(read)[..., 0] + self.skip(previous)
+
+
+def train_reader(pairs: Pairs, tokens: list[torch.Tensor], context: str, epochs: int = 15) -> tuple[float, float]:
+    width = tokens[0].shape[-1]
+    previous, target = torch.from_numpy(pairs.previous), torch.from_numpy(pairs.target)
+
+    def batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(tokens[i]) for i in rows)
+        events, mask = torch.zeros(len(rows), longest, width), torch.zeros(len(rows), longest, dtype=torch.bool)
+        for j, i in enumerate(rows):
+            events[j, :len(tokens[i])], mask[j, :len(tokens[i])] = tokens[i], True
+        return events, mask
+
+    torch.manual_seed(0)
+    adapter = FusionAdapter(width, 64, table_tokens=pairs.max_events) if context == "mixed" else None
+    reader = Reader(width, target.shape[1], adapter)
+    optimiser = torch.optim.AdamW(reader.parameters(), lr=2e-4)
+    order = np.random.default_rng(0)
+    for _ in range(epochs):
+        for rows in np.array_split(order.permutation(pairs.train), max(1, len(pairs.train) // 32)):
+            loss = nn.functional.binary_cross_entropy_with_logits(reader(previous[rows], *batch(rows)), target[rows])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    reader.eval()
+    with torch.no_grad():
+        scores = torch.cat([reader(previous[rows], *batch(rows))
+                            for rows in np.array_split(pairs.scored, max(1, len(pairs.scored) // 128))]).numpy()
+    return macro_aurocs(pairs.target[pairs.scored], scores, pairs.previous[pairs.scored] != pairs.target[pairs.scored])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="an EHRXDiff run directory (its config.yaml names the data and "
+                                                   "the CLIP part)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pairs = Pairs(args.run)
+    encoders = {"pretrained CLIP table encoder": pairs.table_encoder(trained=True),
+                "random table encoder": pairs.table_encoder(trained=False)}
+    tokens = {name: pairs.tokens(encoder) for name, encoder in encoders.items()}
+    rows = [("previous labels only", linear_probe(pairs, np.zeros((len(pairs), 1))))]
+    counts = np.diff(pairs.offsets)
+    bag = csr_matrix((np.ones(len(pairs.text_ids)), (np.repeat(np.arange(len(pairs)), counts), pairs.text_ids)),
+                     shape=(len(pairs), pairs.n_texts))
+    rows.append(("linear: bag of event texts", linear_probe(pairs, bag)))
+    rows.append(("linear: mean raw text embedding",
+                 linear_probe(pairs, np.stack([pairs.events(i).mean(0).numpy() for i in range(len(pairs))]))))
+    for name, per_pair in tokens.items():
+        means = np.stack([t.mean(0).numpy() for t in per_pair])
+        rows.append((f"linear: mean token, {name}", linear_probe(pairs, means)))
+    for name, per_pair in tokens.items():
+        for context in ("mixed", "tokens"):
+            rows.append((f"reader, {context} context, {name}", train_reader(pairs, per_pair, context)))
+    if pairs.planted is not None:
+        scored = pairs.scored
+        rows.append(("the phantom's true posterior (ceiling)",
+                     macro_aurocs(pairs.target[scored], pairs.planted[scored],
+                                  pairs.previous[scored] != pairs.target[scored])))
+    print(f"{len(pairs.train)} training pairs, {len(pairs.scored)} scored (validation + test)\n")
+    print("| probe | All | Diff |\n|---|---:|---:|")
+    for name, (every, diff) in rows:
+        print(f"| {name} | {every:.3f} | {diff:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
