@@ -54,6 +54,12 @@ from ehrlab.errors import UserInputError
 TABLE_CONTEXTS = ("mixed", "tokens")
 
 
+def check_table_context(table_context: str) -> None:
+    if table_context not in TABLE_CONTEXTS:
+        raise UserInputError(f"model.table_context={table_context!r}: choose one of {list(TABLE_CONTEXTS)} "
+                             "(mixed: the paper's adapter; tokens: the event tokens as context tokens of their own).")
+
+
 class Context(NamedTuple):
     """What the UNet's cross-attention reads: ``tokens`` [B, T, context_dim] and ``mask`` bool
     [B, T], True where a token is attended (None: every token is)."""
@@ -87,8 +93,7 @@ class FusionAdapter(nn.Module):
     def __init__(self, clip_dim: int, n_context: int, context_dim: int | None = None, table_tokens: int = 0,
                  image_tokens: int = 0, vae_channels: int = 0, vae_pixels: int = 0, table_context: str = "mixed"):
         super().__init__()
-        if table_context not in TABLE_CONTEXTS:
-            raise UserInputError(f"model.table_context={table_context!r}: choose one of {list(TABLE_CONTEXTS)}.")
+        check_table_context(table_context)
         context_dim = context_dim or clip_dim
         self.clip_dim, self.context_dim = clip_dim, context_dim
         self.table_tokens, self.image_tokens, self.vae_channels = table_tokens, image_tokens, vae_channels

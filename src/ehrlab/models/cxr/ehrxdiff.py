@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from ehrlab.checkpoints import read_checkpoint
 from ehrlab.errors import UserInputError
-from ehrlab.models.cxr.adapter import TABLE_CONTEXTS, Context, FusionAdapter
+from ehrlab.models.cxr.adapter import Context, FusionAdapter, check_table_context
 from ehrlab.models.cxr.augment import random_affine
 from ehrlab.models.cxr.autoencoder import (
     AUTOENCODER_KEY,
@@ -162,12 +162,6 @@ def build_unet(latent_size: int, in_channels: int, out_channels: int, context_di
 
 #: model.prediction → diffusers' prediction_type
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
-
-
-def check_table_context(table_context: str) -> None:
-    if table_context not in TABLE_CONTEXTS:
-        raise UserInputError(f"model.table_context={table_context!r}: choose one of {list(TABLE_CONTEXTS)} "
-                             "(mixed: the paper's adapter; tokens: the event tokens as context tokens of their own).")
 
 
 def check_prediction(prediction: str) -> None:
@@ -274,7 +268,7 @@ class EHRXDiff(ImageForecaster):
         n_context: C_fusion, the adapter's context tokens (1,024).
         table_context: ``mixed`` (§3.3.2, the paper: the event tokens go through the adapter's
             mixing layer) or ``tokens`` (they are context tokens of their own, after the mixed
-            ones; `ehrlab.models.cxr.adapter` explains why ehrxdiff_small uses it).
+            ones; a departure, `ehrlab.models.cxr.adapter` says why and what it measured).
         context_dim: the UNet's cross-attention width (768 = D_CLIP: no extra projection).
         unet: {block_out_channels, layers_per_block, attention_levels, n_heads} (`build_unet`).
         train_timesteps, beta_start, beta_end, beta_schedule: the diffusion process (Eq. 1).
@@ -480,7 +474,7 @@ class EHRXDiff(ImageForecaster):
         """Per pair of `batch`, the `keys` among ``prev`` / ``target`` (the previous / target
         image's posterior parameters [B, 2 C_z, h, w], one autoencoder pass for both), ``image``
         (the CLIP image tokens [B, n_tokens, clip_dim]) and ``table`` (the table tokens
-        [B, E, clip_dim], zero at padding)."""
+        [B, E, clip_dim], zero at padding, with ``table_mask`` [B, E], the batch's event mask)."""
         features = {}
         images = [batch[name] for key, name in (("prev", "prev_image"), ("target", "target_image")) if key in keys]
         if images:
