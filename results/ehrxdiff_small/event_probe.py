@@ -14,6 +14,12 @@ CLIP part.
    token axis into 64 tokens, as in ehrxdiff_small) or the event tokens themselves
    (``table_context: tokens``). It stands in for the UNet's cross-attention: what it does not
    learn in 15 epochs, the UNet is unlikely to either.
+3. The CLIP objective's ceiling on the phantom: the mutual information between the previous
+   study's true state and the driver outcomes of the interval after it (a simulated cohort of
+   40,000 patients), the most a contrastive loss on (previous image, events) can fall below ln B.
+4. The events' share of the target latent: ridge regressions of the target image's latent
+   (the run's autoencoder, scaled) on nothing, the previous latent, + the previous labels, and
+   + the phantom's true posterior (all that the previous state and the events tell).
 
 Training pairs fit; validation + test pairs are scored: macro AUROC over the findings on All
 and on Diff (the rows whose label changed), as the evaluation does (unweighted here).
@@ -31,13 +37,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.sparse import csr_matrix, hstack
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from ehrlab.data.synthetic_cxr.config import SyntheticCXRConfig
+from ehrlab.data.synthetic_cxr.model import draw_cohort
+from ehrlab.data.tasks.cxr import SPLITS
 from ehrlab.models.cxr.adapter import FusionAdapter
 from ehrlab.models.cxr.clip import build_clip_encoders
 from ehrlab.models.cxr.parts import load_part
@@ -57,7 +67,7 @@ class Pairs:
 
     def __init__(self, run: Path):
         self.config = OmegaConf.load(run / "config.yaml")
-        data = prepare(self.config, Path(tempfile.mkdtemp()))  # the prepared data come from the cache
+        self.data = data = prepare(self.config, Path(tempfile.mkdtemp()))  # the prepared data come from the cache
         columns = [data.findings.index(f) for f in data.findings if f.startswith("imagenome:")]
         self.previous, self.target = data.previous_labels()[:, columns], data.target_labels()[:, columns]
         self.planted = None if data.planted is None else data.planted[:, columns]
@@ -162,6 +172,60 @@ def train_reader(pairs: Pairs, tokens: list[torch.Tensor], context: str, epochs:
     return macro_aurocs(pairs.target[pairs.scored], scores, pairs.previous[pairs.scored] != pairs.target[pairs.scored])
 
 
+def entropy(outcomes: list[tuple]) -> float:
+    _, counts = np.unique(np.array(outcomes), axis=0, return_counts=True)
+    shares = counts / counts.sum()
+    return float(-(shares * np.log(shares)).sum())
+
+
+def driver_information(spontaneous_change: float, n_patients: int = 40_000) -> tuple[float, int]:
+    """(I(previous state; the next interval's driver outcomes) in nats, intervals simulated)."""
+    cohort = draw_cohort(SyntheticCXRConfig(n_patients=n_patients, spontaneous_change=spontaneous_change),
+                         np.random.default_rng(0))
+    n_studies = cohort.admissions["n_studies"].to_numpy()
+    states, outcomes = [], []
+    for k in range(1, cohort.chain_states.shape[1]):
+        stays = n_studies > k
+        states.append(cohort.chain_states[stays, k - 1])
+        outcomes.append(cohort.chain_outcomes[stays, k])
+    states, outcomes = np.concatenate(states), np.concatenate(outcomes)
+    joint = np.hstack([states, outcomes])
+    return entropy(states) + entropy(outcomes) - entropy(joint), len(states)
+
+
+def latent_shares(pairs: Pairs) -> dict[str, float]:
+    """Per-dimension MSE of the target latent on the scored pairs, by what a ridge regression
+    (fitted on the training pairs) is given."""
+    model = instantiate(pairs.config.model, **pairs.data.datamodule(batch_size=1).model_arguments())
+    previous, target = np.zeros((len(pairs), 0)), np.zeros((len(pairs), 0))
+
+    def latents(images: np.ndarray) -> np.ndarray:
+        out = [model.encode(torch.from_numpy(images[start:start + 128]).float().div(255).unsqueeze(1))
+               [:, :model.latent_channels].flatten(1) * model.latent_scale for start in range(0, len(images), 128)]
+        return torch.cat(out).numpy()
+
+    for split in SPLITS:
+        rows, reference = pairs.data.pair_rows(split), pairs.data.reference(split)
+        if previous.shape[1] == 0:
+            width = latents(reference.prev_images[:1]).shape[1]
+            previous, target = np.zeros((len(pairs), width)), np.zeros((len(pairs), width))
+        previous[rows], target[rows] = latents(reference.prev_images), latents(reference.target_images)
+
+    def error(features: np.ndarray | None) -> float:
+        if features is None:
+            guess = target[pairs.train].mean(axis=0, keepdims=True)
+        else:
+            guess = Ridge(alpha=1.0).fit(features[pairs.train], target[pairs.train]).predict(features[pairs.scored])
+        return float(((target[pairs.scored] - guess) ** 2).mean())
+
+    labels = np.nan_to_num(pairs.previous, nan=0.5)
+    shares = {"nothing": error(None), "previous latent": error(previous),
+              "previous latent + labels": error(np.hstack([previous, labels]))}
+    if pairs.planted is not None:
+        shares["previous latent + labels + true posterior"] = error(np.hstack([previous, labels, pairs.planted]))
+    return shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an EHRXDiff run directory (its config.yaml names the data and "
@@ -194,6 +258,11 @@ def main() -> None:
     print("| probe | All | Diff |\n|---|---:|---:|")
     for name, (every, diff) in rows:
         print(f"| {name} | {every:.3f} | {diff:.3f} |")
+    nats, intervals = driver_information(float(pairs.config.data.source.get("spontaneous_change", 1.0)))
+    print(f"\nI(previous state; the next interval's drivers) = {nats:.3f} nats ({intervals} simulated intervals)")
+    print("\n| target latent given | per-dimension MSE |\n|---|---:|")
+    for name, value in latent_shares(pairs).items():
+        print(f"| {name} | {value:.4f} |")
 
 
 if __name__ == "__main__":
