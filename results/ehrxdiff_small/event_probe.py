@@ -94,10 +94,11 @@ class Pairs:
 
     def tokens(self, encoder: nn.Module | None) -> list[torch.Tensor]:
         """Per pair, its event tokens: the raw embeddings (no encoder) or the encoder's."""
+        per_pair = [self.events(i) for i in range(len(self))]
+        if encoder is None:
+            return per_pair
         with torch.no_grad():
-            return [self.events(i) if encoder is None else
-                    encoder(self.events(i)[None], torch.ones(1, len(self.events(i)), dtype=torch.bool))[0]
-                    for i in range(len(self))]
+            return [encoder(events[None], torch.ones(1, len(events), dtype=torch.bool))[0] for events in per_pair]
 
 
 def linear_probe(pairs: Pairs, summary) -> tuple[float, float]:
@@ -197,19 +198,17 @@ def latent_shares(pairs: Pairs) -> dict[str, float]:
     """Per-dimension MSE of the target latent on the scored pairs, by what a ridge regression
     (fitted on the training pairs) is given."""
     model = instantiate(pairs.config.model, **pairs.data.datamodule(batch_size=1).model_arguments())
-    previous, target = np.zeros((len(pairs), 0)), np.zeros((len(pairs), 0))
 
     def latents(images: np.ndarray) -> np.ndarray:
         out = [model.encode(torch.from_numpy(images[start:start + 128]).float().div(255).unsqueeze(1))
                [:, :model.latent_channels].flatten(1) * model.latent_scale for start in range(0, len(images), 128)]
         return torch.cat(out).numpy()
 
-    for split in SPLITS:
-        rows, reference = pairs.data.pair_rows(split), pairs.data.reference(split)
-        if previous.shape[1] == 0:
-            width = latents(reference.prev_images[:1]).shape[1]
-            previous, target = np.zeros((len(pairs), width)), np.zeros((len(pairs), width))
-        previous[rows], target[rows] = latents(reference.prev_images), latents(reference.target_images)
+    # the references come split by split; put their rows back in pair order
+    references = [pairs.data.reference(split) for split in SPLITS]
+    order = np.concatenate([pairs.data.pair_rows(split) for split in SPLITS])
+    previous = np.concatenate([latents(r.prev_images) for r in references])[np.argsort(order)]
+    target = np.concatenate([latents(r.target_images) for r in references])[np.argsort(order)]
 
     def error(features: np.ndarray | None) -> float:
         if features is None:
