@@ -82,7 +82,40 @@ def test_the_cxr_family_forecasts_with_the_events_dropped_that_the_evaluation_as
 
     model = EventCounter(["chexpert:Edema"], event_dim=2, image_size=4, max_events=50)
     full = forecast_test_split(model, OneBatch())
-    dropped = forecast_test_split(model, OneBatch(), drop_events=0.5, drop_seed=0)
+    dropped = forecast_test_split(model, OneBatch(), drop_events=0.5, event_seed=0)
     assert (full[0]["label_probs"][:, 0] == mask.sum(1).numpy()).all()
     assert dropped[0]["label_probs"].sum() < 0.75 * full[0]["label_probs"].sum()
     assert (dropped[0]["label_probs"] == dropped[1]["label_probs"]).all()
+
+
+def test_the_cxr_family_forecasts_with_the_swapped_events_that_the_evaluation_asks_for():
+    """cxr_evaluation.swap_events reaches the datamodule with the run's seed, for every
+    sampling seed; without it the pairs keep their own events."""
+    import torch
+
+    from ehrlab.families.cxr import forecast_test_split
+    from ehrlab.models.cxr.base import LABELS, ImageForecaster
+
+    class FirstEvent(ImageForecaster):
+        output = LABELS
+        sampling_seeds = (0, 1)
+
+        def compute_forecast(self, batch, seed):
+            return {"label_probs": batch["events"][:, 0, :1]}
+
+    own = {"events": torch.arange(4.0).view(4, 1, 1), "event_mask": torch.ones(4, 1, dtype=torch.bool),
+           "pair_id": torch.arange(4)}
+    asked = []
+
+    class Loaders:
+        def predict_dataloader(self, swap_events_seed=None):
+            asked.append(swap_events_seed)
+            if swap_events_seed is None:
+                return [own]
+            return [{**own, "events": own["events"].roll(1, 0)}]
+
+    model = FirstEvent(["chexpert:Edema"], event_dim=1, image_size=4, max_events=1)
+    assert forecast_test_split(model, Loaders())[1]["label_probs"][:, 0].tolist() == [0, 1, 2, 3]
+    swapped = forecast_test_split(model, Loaders(), swap_events=True, event_seed=7)
+    assert [f["label_probs"][:, 0].tolist() for f in swapped] == [[3, 0, 1, 2]] * 2
+    assert asked == [None, None, 7, 7]

@@ -8,8 +8,9 @@ import torch
 from test_cxr_task import event_table, fake_encoder, image_table, standard_tables, use_fake_encoder
 
 from ehrlab.data.cxr.contract import CXRTables
-from ehrlab.data.cxr.datamodule import drop_events
+from ehrlab.data.cxr.datamodule import drop_events, event_donors
 from ehrlab.data.tasks.cxr import CXRForecastTask, CXRTaskData
+from ehrlab.errors import UserInputError
 
 
 @pytest.fixture
@@ -118,3 +119,51 @@ def test_dropped_events_depend_on_the_pair_not_the_batch():
     assert not torch.equal(drop_events(batch, 0.3, seed=2)["event_mask"], whole["event_mask"])
     with pytest.raises(ValueError):
         drop_events(batch, 1.0, seed=0)
+
+
+# --- swapped events -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("subjects", [[1, 1, 1, 2, 2, 3, 4, 4, 4, 5, 6, 6], [7, 8], [3, 3, 9, 9, 9, 4]])
+def test_event_donors_give_each_pair_another_patients_events_once(subjects):
+    subject_id = np.asarray(subjects)
+    donors = event_donors(subject_id, seed=0)
+    assert sorted(donors.tolist()) == list(range(len(subjects)))  # every pair's events given exactly once
+    assert (subject_id[donors] != subject_id).all()
+    np.testing.assert_array_equal(event_donors(subject_id, seed=0), donors)
+
+
+def test_event_donors_depend_on_the_seed_and_refuse_an_impossible_swap():
+    subject_id = np.arange(40) // 2
+    assert not np.array_equal(event_donors(subject_id, seed=0), event_donors(subject_id, seed=1))
+    with pytest.raises(ValueError, match="patient 1 has 3 of the 5 pairs"):
+        event_donors(np.asarray([1, 1, 1, 2, 3]), seed=0)
+
+
+def test_swapped_events_replace_only_the_events(tmp_path):
+    data = use_fake_encoder(CXRForecastTask(image_size=8, max_events=4, split=[0.3, 0.2, 0.5])
+                            .build(standard_tables(tmp_path), seed=0), tmp_path)
+    data.save(tmp_path / "task")
+    saved = CXRTaskData.load(tmp_path / "task")
+    module = saved.datamodule(batch_size=2)
+    own = list(module.predict_dataloader())
+    swapped = list(module.predict_dataloader(swap_events_seed=4))
+    test_rows = module.datasets["test"].rows
+    donors = event_donors(saved.pairs["subject_id"].to_numpy()[test_rows], seed=4)
+    own_events = [b["events"][i, : int(b["event_mask"][i].sum())] for b in own for i in range(len(b["pair_id"]))]
+    position = 0
+    for mine, theirs in zip(own, swapped, strict=True):
+        for key in mine.keys() - {"events", "event_mask"}:
+            assert torch.equal(mine[key].nan_to_num(-7), theirs[key].nan_to_num(-7)), key
+        for i in range(len(theirs["pair_id"])):
+            n = int(theirs["event_mask"][i].sum())
+            assert torch.equal(theirs["events"][i, :n], own_events[donors[position]])
+            assert not theirs["event_mask"][i, n:].any() and not theirs["events"][i, n:].any()
+            position += 1
+    assert position == len(test_rows)
+
+
+def test_a_test_split_of_one_patient_cannot_swap_events(saved):
+    module = saved.datamodule(batch_size=2)
+    assert len(np.unique(saved.pairs["subject_id"].to_numpy()[module.datasets["test"].rows])) == 1
+    with pytest.raises(UserInputError, match="swapped events on the test split: cannot give every pair"):
+        module.predict_dataloader(swap_events_seed=0)

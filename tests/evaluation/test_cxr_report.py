@@ -124,6 +124,26 @@ def test_settings_read_the_config_node_and_refuse_unknown_keys():
         EvaluationSettings.from_config({"grid": 4})
 
 
+@pytest.mark.parametrize(("node", "sentence"), [
+    ({}, None),
+    ({"swap_events": True}, "each test pair was forecast with another patient's events"),
+    ({"drop_events": 0.2}, "20% of each pair's events were dropped"),
+    ({"swap_events": True, "drop_events": 0.5}, "another patient's events instead of its own "
+                                                "(`cxr_evaluation.swap_events`); 50% of those events were"),
+])
+def test_the_report_says_how_the_test_events_were_changed(tmp_path, reference, node, sentence):
+    settings = EvaluationSettings.from_config(node)
+    evaluate_forecasts(reference, [{"label_probs": reference.planted}], None, tmp_path, **settings.forecast_options())
+    report = (tmp_path / "report.md").read_text()
+    assert ("Events changed at test time" in report) is (sentence is not None)
+    assert sentence is None or sentence in report
+
+
+def test_swap_events_must_be_a_boolean():
+    with pytest.raises(UserInputError, match="swap_events='yes'"):
+        EvaluationSettings.from_config({"swap_events": "yes"})
+
+
 def test_predictions_of_the_wrong_length_are_refused(tmp_path, reference, evaluator):
     with pytest.raises(ValueError, match="one per reference pair"):
         evaluate_forecasts(reference, [{"images": reference.target_images[:-1]}], evaluator, tmp_path)

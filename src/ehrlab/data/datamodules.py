@@ -98,8 +98,9 @@ class SplitDataModule(pl.LightningDataModule):
         """What the data tells a model's constructor (the runner instantiates the model with it)."""
         raise NotImplementedError
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
+    def _loader(self, split: str | Dataset, shuffle: bool) -> DataLoader:
+        """A loader over a split of `datasets` (by name) or over a dataset built from one."""
+        dataset = self.datasets[split] if isinstance(split, str) else split
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=dataset.collate,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)

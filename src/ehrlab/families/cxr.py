@@ -45,14 +45,18 @@ class ImageForecastFamily(Family):
         if model.output == ENCODER:  # a part of another model: its own test measures, nothing to forecast
             return (model.test_metrics(datamodule.test_dataloader()) if cfg.stage != "generate" else {}), []
         settings = evaluation_settings(cfg)
-        forecasts = forecast_test_split(model, datamodule, drop_events=settings.drop_events, drop_seed=cfg.seed)
+        forecasts = forecast_test_split(model, datamodule, drop_events=settings.drop_events,
+                                        swap_events=settings.swap_events, event_seed=cfg.seed)
         write_forecasts(forecasts, task_data.findings, run_dir / "forecasts",
                         png=cfg.stage in ("generate", "all") and cfg.generate.write_images)
         if cfg.stage == "generate":
             return {}, []
         metrics, plots = evaluate(cfg, settings, forecasts, task_data, run_dir)
+        # So that the runs of the event studies tell themselves apart in a sweep's table:
         if settings.drop_events:
-            metrics["test/drop_events"] = settings.drop_events  # so that the study's runs tell themselves apart
+            metrics["test/drop_events"] = settings.drop_events
+        if settings.swap_events:
+            metrics["test/swap_events"] = 1.0
         return metrics, plots
 
 
@@ -62,19 +66,23 @@ def evaluation_settings(cfg: DictConfig):
     return EvaluationSettings.from_config(cfg.cxr_evaluation)
 
 
-def forecast_test_split(model, datamodule, drop_events: float = 0.0, drop_seed: int = 0) -> list[dict[str, np.ndarray]]:
+def forecast_test_split(model, datamodule, drop_events: float = 0.0, swap_events: bool = False,
+                        event_seed: int = 0) -> list[dict[str, np.ndarray]]:
     """One dict per sampling seed, rows in the test split's pair order: `seed`, `pair_id`
     and `images` (uint8 [N, S, S]) or `label_probs` (float32 [N, F]).
 
-    `drop_events` > 0 drops that fraction of each pair's events first (Appendix D.7), the same
-    events for every sampling seed (drawn from `drop_seed` and the pair)."""
+    `swap_events` gives each pair another patient's events (the datamodule's
+    `predict_dataloader(swap_events_seed=...)`); `drop_events` > 0 then drops that fraction of
+    each pair's events (Appendix D.7). Both are drawn from `event_seed` (and the pair), the
+    same for every sampling seed, so that the seeds differ in their sampling noise only."""
     output = "images" if model.output == "image" else "label_probs"
     forecasts = []
     for seed in model.sampling_seeds:
         pair_ids, values = [], []
-        batches = datamodule.predict_dataloader()
+        batches = datamodule.predict_dataloader(swap_events_seed=event_seed) if swap_events else \
+            datamodule.predict_dataloader()
         for batch in tqdm(batches, desc=f"forecasting the test split (seed {seed})", leave=False):
-            forecast = model.forecast(drop_events_at_random(batch, drop_events, drop_seed), seed=seed)
+            forecast = model.forecast(drop_events_at_random(batch, drop_events, event_seed), seed=seed)
             pair_ids.append(batch["pair_id"].numpy())
             if output == "images":
                 values.append(to_uint8(forecast["image"][:, 0]))

@@ -11,25 +11,32 @@ The batch contract (B pairs, E events, F findings, S pixels, D embedding width):
   `subject_id` int64 [B]; demographics are the target image's.
 Collation is vectorised: one sorted read of the memory-mapped image array per batch and one
 fancy-index assignment that scatters every event of the batch into its padded slot.
+
+Two test-time changes of the events serve the studies of whether a model uses them:
+`drop_events` (seed 004 Appendix D.7) and `predict_dataloader(swap_events_seed=...)`, which
+gives every test pair another patient's events (`event_donors`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ehrlab.data.datamodules import SplitDataModule
 from ehrlab.data.sequences import expand_ranges
 from ehrlab.data.tasks.cxr import CXRTaskData, demographics, gather_rows
+from ehrlab.errors import UserInputError
 
 
 class PairIndex(Dataset):
-    """One split as a dataset of pair positions; `collate` builds the batch."""
+    """One split as a dataset of pair positions; `collate` builds the batch. With `event_rows`
+    (aligned with `rows`) the pair at rows[i] carries the events of pair event_rows[i]."""
 
-    def __init__(self, batcher: PairBatcher, rows: np.ndarray):
+    def __init__(self, batcher: PairBatcher, rows: np.ndarray, event_rows: np.ndarray | None = None):
         self.batcher = batcher
         self.rows = rows
+        self.event_source = None if event_rows is None else dict(zip(rows.tolist(), event_rows.tolist(), strict=True))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,7 +45,8 @@ class PairIndex(Dataset):
         return int(self.rows[index])
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        return self.batcher.batch(np.asarray(rows, dtype=np.int64))
+        event_rows = None if self.event_source is None else np.asarray([self.event_source[r] for r in rows])
+        return self.batcher.batch(np.asarray(rows, dtype=np.int64), event_rows)
 
 
 class PairBatcher:
@@ -63,14 +71,17 @@ class PairBatcher:
         self.pair_id = pairs["pair_id"].to_numpy(np.int64)
         self.subject_id = pairs["subject_id"].to_numpy(np.int64)
 
-    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, rows: np.ndarray, event_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The pairs at `rows`, each with its own events or, given `event_rows`, with those of
+        the pair at the same position of `event_rows`."""
         size = len(rows)
         both = gather_rows(self.pixels, np.concatenate([self.prev_index[rows], self.target_index[rows]]))
         both = torch.from_numpy(both).unsqueeze(1).to(torch.float32).div_(255.0)
 
-        n_events = self.n_events[rows]
+        event_rows = rows if event_rows is None else event_rows
+        n_events = self.n_events[event_rows]
         width = max(int(n_events.max()), 1)
-        flat = expand_ranges(self.offsets[rows], n_events)
+        flat = expand_ranges(self.offsets[event_rows], n_events)
         row = np.repeat(np.arange(size), n_events)
         position = np.arange(len(flat)) - (np.cumsum(n_events) - n_events)[row]
         events = np.zeros((size, width, self.embeddings.shape[1]), dtype=np.float32)
@@ -103,10 +114,48 @@ class CXRDataModule(SplitDataModule):
         batcher = PairBatcher(task_data)
         self.datasets = {name: PairIndex(batcher, task_data.pair_rows(name)) for name in ("train", "val", "test")}
 
+    def predict_dataloader(self, swap_events_seed: int | None = None) -> DataLoader:
+        """The test split in its stored order. With `swap_events_seed`, each pair carries the
+        events of another patient's test pair instead of its own (`event_donors`): the images,
+        labels and ids stay the pair's own, so the forecasts line up with the reference."""
+        if swap_events_seed is None:
+            return super().predict_dataloader()
+        test = self.datasets["test"]
+        try:
+            donors = event_donors(test.batcher.subject_id[test.rows], swap_events_seed)
+        except ValueError as error:
+            raise UserInputError(f"swapped events on the test split: {error}") from error
+        return self._loader(PairIndex(test.batcher, test.rows, event_rows=test.rows[donors]), shuffle=False)
+
     def model_arguments(self) -> dict:
         """What the data tell a model's constructor."""
         return {"findings": list(self.task_data.findings), "event_dim": int(self.task_data.event_embeddings.shape[1]),
                 "image_size": int(self.task_data.image_size), "max_events": int(self.task_data.max_events)}
+
+
+def event_donors(subject_id: np.ndarray, seed: int) -> np.ndarray:
+    """For each pair (a position in `subject_id`), the position of the pair whose events it
+    gets: always another patient's, and every pair's events given to exactly one pair (a
+    permutation, so the swapped test split holds the same events as the real one).
+
+    The pairs are laid out patient by patient (patients and their pairs in an order drawn from
+    `seed`) and each takes the events of the pair k places further round the circle, k = the
+    largest patient's number of pairs: k places always leave a patient's block, and never
+    return to it when n >= 2k. With n < 2k no such assignment exists (that patient's pairs
+    outnumber everyone else's), and a ValueError says so.
+    """
+    n = len(subject_id)
+    patients, patient_of, counts = np.unique(subject_id, return_inverse=True, return_counts=True)
+    shift = int(counts.max()) if n else 0
+    if n < 2 * shift:
+        raise ValueError(f"cannot give every pair another patient's events: patient {patients[counts.argmax()]} "
+                         f"has {shift} of the {n} pairs")
+    rng = np.random.default_rng(seed)
+    patient_rank = rng.permutation(len(patients))
+    layout = np.lexsort((rng.random(n), patient_rank[patient_of]))  # layout[slot] = pair
+    donors = np.empty(n, dtype=np.int64)
+    donors[layout] = layout[(np.arange(n) + shift) % n]
+    return donors
 
 
 def drop_events(batch: dict[str, torch.Tensor], fraction: float, seed: int) -> dict[str, torch.Tensor]:

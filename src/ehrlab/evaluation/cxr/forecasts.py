@@ -47,7 +47,10 @@ class EvaluationSettings:
     TorchScript feature network for FID instead of the evaluator's features; grid_pairs: rows
     of the previous | target | prediction figure; batch_size: images per evaluator call;
     drop_events: the fraction of each test pair's events dropped before forecasting (the
-    missing-event robustness study of Appendix D.7; 0 keeps them all).
+    missing-event robustness study of Appendix D.7; 0 keeps them all); swap_events: forecast
+    each test pair with another patient's events instead of its own (a forecaster that reads
+    the events the right way loses Diff AUROC by it; one that ignores them does not move).
+    Both may be combined (the swapped events are then thinned).
     """
 
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
@@ -55,10 +58,13 @@ class EvaluationSettings:
     grid_pairs: int = 8
     batch_size: int = 128
     drop_events: float = 0.0
+    swap_events: bool = False
 
     def __post_init__(self):
         if not 0 <= self.drop_events < 1:
             raise UserInputError(f"cxr_evaluation.drop_events={self.drop_events}: must be in [0, 1).")
+        if not isinstance(self.swap_events, bool):
+            raise UserInputError(f"cxr_evaluation.swap_events={self.swap_events!r}: must be true or false.")
 
     @classmethod
     def from_config(cls, node) -> EvaluationSettings:
@@ -76,7 +82,21 @@ class EvaluationSettings:
 
     def forecast_options(self) -> dict:
         """The keyword arguments of `evaluate_forecasts` these settings decide."""
-        return {"grid_pairs": self.grid_pairs, "fid_features": self.fid_features, "batch_size": self.batch_size}
+        return {"grid_pairs": self.grid_pairs, "fid_features": self.fid_features, "batch_size": self.batch_size,
+                "test_events": self.test_events()}
+
+    def test_events(self) -> str | None:
+        """How the test pairs' events were changed before forecasting, for the report (None:
+        each pair had its own events)."""
+        changes = []
+        if self.swap_events:
+            changes.append("each test pair was forecast with another patient's events instead of its own "
+                           "(`cxr_evaluation.swap_events`)")
+        if self.drop_events:
+            whose = "those events" if self.swap_events else "each pair's events"
+            changes.append(f"{self.drop_events:.0%} of {whose} were dropped at random "
+                           "(`cxr_evaluation.drop_events`, Appendix D.7)")
+        return "; ".join(changes) + "." if changes else None
 
 
 def label_sets(findings: list[str], order: tuple[str, ...] = LABEL_SETS) -> dict[str, list[int]]:
@@ -176,10 +196,11 @@ def _notes(reference: ForecastReference, sets: dict[str, list[int]], evaluator: 
 def evaluate_forecasts(reference: ForecastReference, predictions: list[dict], evaluator: CXREvaluator | None,
                        out_dir: str | Path, label_sets_order: tuple[str, ...] = LABEL_SETS, grid_pairs: int = 8,
                        fid_features: str | Path | None = None, model_name: str = "model",
-                       batch_size: int = 128) -> dict[str, float]:
+                       batch_size: int = 128, test_events: str | None = None) -> dict[str, float]:
     """Score `predictions` against `reference`; write out_dir/report.md, evaluation.json and a
     figure (previous | true target | prediction for the first `grid_pairs` pairs, or per-finding
     AUROC bars for a label model); return the flat metrics (keys in the module docstring).
+    `test_events`: a sentence for the report when the forecasts were made with changed events.
 
     `evaluator` reads image forecasts and the true targets (the gt row); it may be None only
     when every prediction is labels (then there is no gt row). `fid_features`: a TorchScript
@@ -246,6 +267,7 @@ def evaluate_forecasts(reference: ForecastReference, predictions: list[dict], ev
         "model": model_name,
         "output": output,
         "n_pairs": n,
+        "test_events": test_events,
         "seeds": [p.get("seed") for p in predictions],
         "label_sets": {name: [findings[c] for c in columns] for name, columns in sets.items()},
         "headline_set": next(iter(sets), None),

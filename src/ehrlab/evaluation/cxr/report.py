@@ -120,6 +120,8 @@ def write_report(evaluation: dict, path: Path) -> Path:
              "read by the evaluator; ceiling = the synthetic source's true posterior (when known). Same / Diff per "
              "(pair, finding): the target label equals the previous one (a missing previous label counts as 0) or "
              "not; a finding with one class in a subset has no AUROC (–) and is left out of the macros.", ""]
+    if evaluation.get("test_events"):
+        lines += [f"**Events changed at test time:** {evaluation['test_events']}", ""]
     if evaluation["label_sets"]:
         lines += ["## Clinical consistency", ""] + _clinical_tables(evaluation)
     if evaluation["output"] == "image" or "gt" in evaluation["rows"]:

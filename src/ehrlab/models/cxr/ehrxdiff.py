@@ -640,7 +640,7 @@ class EHRXDiff(ImageForecaster):
         self._feature_cache.clear()
 
     def on_fit_end(self) -> None:
-        self._feature_cache.clear()  # forecasting computes its conditions afresh (drop_events may change them)
+        self._feature_cache.clear()  # forecasting computes its conditions afresh (drop_events, swap_events change them)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         source = None
