@@ -16,6 +16,7 @@ Each run is a run directory with `evaluation/evaluation.json` and `forecasts/see
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def main() -> None:
     base_rows, base_images = load(runs[0])
     seeds = sorted(base_rows)
     if len(seeds) > 1:
-        between = np.mean([np.abs(base_images[a] - base_images[b]).mean() for a, b in zip(seeds, seeds[1:])])
+        between = np.mean([np.abs(base_images[a] - base_images[b]).mean() for a, b in itertools.pairwise(seeds)])
         print(f"{runs[0].name}: pixel distance between consecutive sampling seeds {between:.4f}")
     for run in runs[1:]:
         rows, images = load(run)

@@ -128,8 +128,8 @@ def test_settings_read_the_config_node_and_refuse_unknown_keys():
     ({}, None),
     ({"swap_events": True}, "each test pair was forecast with another patient's events"),
     ({"drop_events": 0.2}, "20% of each pair's events were dropped"),
-    ({"swap_events": True, "drop_events": 0.5}, "another patient's events instead of its own "
-                                                "(`cxr_evaluation.swap_events`); 50% of those events were"),
+    ({"swap_events": True, "drop_events": 0.5}, ("another patient's events instead of its own "
+                                                 "(`cxr_evaluation.swap_events`); 50% of those events were")),
 ])
 def test_the_report_says_how_the_test_events_were_changed(tmp_path, reference, node, sentence):
     settings = EvaluationSettings.from_config(node)
