@@ -1,4 +1,4 @@
-"""Where do the events get lost on their way to EHRXDiff's UNet? Two probes on the phantom's pairs
+"""Where do the events get lost on their way to EHRXDiff's UNet? Probes on the phantom's pairs
 (RESULTS.md, "Why the events do not get through"), read off an EHRXDiff run's prepared data and
 CLIP part.
 
@@ -17,7 +17,9 @@ CLIP part.
 3. The CLIP objective's ceiling on the phantom: the mutual information between the previous
    study's true state and the driver outcomes of the interval after it (a simulated cohort of
    40,000 patients), the most a contrastive loss on (previous image, events) can fall below ln B.
-4. The events' share of the target latent: ridge regressions of the target image's latent
+4. How alike two pairs' event sets look, as the mean of their raw embeddings and as one
+   random event each (cosine similarity).
+5. The events' share of the target latent: ridge regressions of the target image's latent
    (the run's autoencoder, scaled) on nothing, the previous latent, + the previous labels, and
    + the phantom's true posterior (all that the previous state and the events tell).
 
@@ -194,6 +196,25 @@ def driver_information(spontaneous_change: float, n_patients: int = 40_000) -> t
     return entropy(states) + entropy(outcomes) - entropy(joint), len(states)
 
 
+def mean_cosine(vectors: torch.Tensor) -> float:
+    """The mean cosine similarity over all pairs of distinct rows."""
+    unit = nn.functional.normalize(vectors, dim=1)
+    n = len(unit)
+    return float(((unit @ unit.T).sum() - n) / (n * (n - 1)))
+
+
+def event_set_similarity(pairs: Pairs) -> dict[str, float]:
+    """How alike two scored pairs' events look: their mean raw embeddings against one event
+    of each (drawn at random, seed 0). A pair's ~100 events average to nearly the same vector
+    for every pair; what tells one pair's events from another's is a small residual of that
+    mean."""
+    events = [pairs.events(i) for i in pairs.scored]
+    draw = np.random.default_rng(0)
+    return {"events per pair (median)": float(np.median([len(e) for e in events])),
+            "mean embedding of a pair's events": mean_cosine(torch.stack([e.mean(0) for e in events])),
+            "one event of each pair": mean_cosine(torch.stack([e[draw.integers(len(e))] for e in events]))}
+
+
 def latent_shares(pairs: Pairs) -> dict[str, float]:
     """Per-dimension MSE of the target latent on the scored pairs, by what a ridge regression
     (fitted on the training pairs) is given."""
@@ -257,6 +278,11 @@ def main() -> None:
     print("| probe | All | Diff |\n|---|---:|---:|")
     for name, (every, diff) in rows:
         print(f"| {name} | {every:.3f} | {diff:.3f} |")
+    similarity = event_set_similarity(pairs)
+    print(f"\nCosine similarity between two scored pairs' events "
+          f"({similarity.pop('events per pair (median)'):.0f} per pair, median):")
+    for name, value in similarity.items():
+        print(f"  {name}: {value:.3f}")
     nats, intervals = driver_information(float(pairs.config.data.source.get("spontaneous_change", 1.0)))
     print(f"\nI(previous state; the next interval's drivers) = {nats:.3f} nats ({intervals} simulated intervals)")
     print("\n| target latent given | per-dimension MSE |\n|---|---:|")
