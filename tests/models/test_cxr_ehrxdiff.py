@@ -4,6 +4,7 @@ the EMA, the parts' checkpoints and the configs."""
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from pathlib import Path
 
@@ -359,6 +360,18 @@ def test_lightning_fit_updates_the_ema_and_the_checkpoint_restores_the_forecast(
     assert int(fresh.ema_updates) == 3
     batch = fake_batch(seed=5)
     assert torch.equal(fresh.forecast(batch, seed=2)["image"], model.forecast(batch, seed=2)["image"])
+
+
+def test_untrained_parts_are_reported_when_training_starts_not_when_a_checkpoint_will_be_loaded(caplog):
+    """stage=evaluate builds the model without its parts' checkpoints and then loads every weight
+    from the EHRXDiff checkpoint: building it must not warn that the forecasts are meaningless."""
+    with caplog.at_level(logging.INFO, logger="ehrlab.models.cxr.ehrxdiff"):
+        model = make_model(train_clip=False)
+        assert not caplog.records
+        model.on_fit_start()
+    messages = [(record.levelno, record.getMessage()) for record in caplog.records]
+    assert [level for level, _ in messages] == [logging.WARNING, logging.INFO, logging.WARNING]
+    assert "the autoencoder is untrained" in messages[0][1] and "stay untrained (random)" in messages[2][1]
 
 
 @pytest.mark.parametrize(("train_clip", "table_context"), [(False, "mixed"), (True, "mixed"), (False, "tokens")])

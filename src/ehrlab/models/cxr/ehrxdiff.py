@@ -325,6 +325,9 @@ class EHRXDiff(ImageForecaster):
         self.sampling_steps, self.eta = int(sampling_steps), float(eta)
         self.cache_conditions = bool(cache_conditions)
         self._feature_cache: dict[int, dict[str, Tensor]] = {}  # pair id → features (cache_conditions)
+        # Parts built without weights, said when training starts: a forecast-only run loads
+        # every weight from an EHRXDiff checkpoint afterwards, so they mean nothing there.
+        self._untrained_parts: list[tuple[int, str]] = []
 
         # The frozen autoencoder (§3.2): its weights are part of this model's state dict, so an
         # EHRXDiff checkpoint stands on its own.
@@ -339,8 +342,9 @@ class EHRXDiff(ImageForecaster):
         if autoencoder_checkpoint:
             self._load_autoencoder(Path(autoencoder_checkpoint).expanduser(), architecture)
         else:
-            log.warning("EHRXDiff: no model.autoencoder_checkpoint: the autoencoder is untrained and stays frozen, "
-                        "so the forecasts are meaningless (tests only; the runner trains it as pretrain.autoencoder)")
+            self._untrained_parts.append((logging.WARNING, (
+                "EHRXDiff: no model.autoencoder_checkpoint: the autoencoder is untrained and stays frozen, so the "
+                "forecasts are meaningless (tests only; the runner trains it as pretrain.autoencoder)")))
         self.autoencoder.requires_grad_(False)
         self.latent_channels = int(self.autoencoder.config.latent_channels)
         self.latent_size = image_size // downsampling_factor(self.autoencoder.config.block_out_channels)
@@ -354,14 +358,16 @@ class EHRXDiff(ImageForecaster):
         if clip_checkpoint:
             self._load_clip(Path(clip_checkpoint).expanduser())
         elif self.image_encoder is not None or self.table_encoder is not None:
-            log.info("EHRXDiff: no model.clip_checkpoint: the CLIP encoders start from scratch (Table 10's ablation)")
+            self._untrained_parts.append((logging.INFO, (
+                "EHRXDiff: no model.clip_checkpoint: the CLIP encoders start from scratch (Table 10's ablation)")))
         if not self.train_clip:
             for encoder in (self.image_encoder, self.table_encoder):
                 if encoder is not None:
                     encoder.requires_grad_(False)
             if not clip_checkpoint and (self.image_encoder is not None or self.table_encoder is not None):
-                log.warning("EHRXDiff: model.train_clip=false without a model.clip_checkpoint: the CLIP encoders "
-                            "stay untrained (random); Table 10's ablation trains them from scratch: train_clip=true")
+                self._untrained_parts.append((logging.WARNING, (
+                    "EHRXDiff: model.train_clip=false without a model.clip_checkpoint: the CLIP encoders stay "
+                    "untrained (random); Table 10's ablation trains them from scratch: train_clip=true")))
 
         self.adapter = FusionAdapter(
             self.clip_dim, n_context, context_dim,
@@ -638,6 +644,8 @@ class EHRXDiff(ImageForecaster):
 
     def on_fit_start(self) -> None:
         self._feature_cache.clear()
+        for level, message in self._untrained_parts:
+            log.log(level, message)
 
     def on_fit_end(self) -> None:
         self._feature_cache.clear()  # forecasting computes its conditions afresh (drop_events, swap_events change them)
