@@ -27,7 +27,10 @@ SUBSETS = ("all", "same", "diff")
 
 def load(run: Path) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
     """Per sampling seed: the evaluation row and the forecast images (float in [0, 1])."""
-    evaluation = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    path = run / "evaluation" / "evaluation.json"
+    if not path.is_file():
+        raise SystemExit(f"{run}: no {path.relative_to(run)} (not an evaluated run, or its evaluation is not done)")
+    evaluation = json.loads(path.read_text())
     rows = dict(zip(evaluation["seeds"], evaluation["per_seed"], strict=True))
     images = {}
     for seed in rows:
