@@ -79,8 +79,8 @@ def forecast_test_split(model, datamodule, drop_events: float = 0.0, swap_events
     forecasts = []
     for seed in model.sampling_seeds:
         pair_ids, values = [], []
-        batches = datamodule.predict_dataloader(swap_events_seed=event_seed) if swap_events else \
-            datamodule.predict_dataloader()
+        batches = (datamodule.predict_dataloader(swap_events_seed=event_seed) if swap_events
+                   else datamodule.predict_dataloader())
         for batch in tqdm(batches, desc=f"forecasting the test split (seed {seed})", leave=False):
             forecast = model.forecast(drop_events_at_random(batch, drop_events, event_seed), seed=seed)
             pair_ids.append(batch["pair_id"].numpy())
