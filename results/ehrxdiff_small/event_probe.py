@@ -43,13 +43,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.sparse import csr_matrix, hstack
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ehrlab.data.synthetic_cxr.config import SyntheticCXRConfig
 from ehrlab.data.synthetic_cxr.model import draw_cohort
 from ehrlab.data.tasks.cxr import SPLITS
+from ehrlab.metrics import finding_aurocs, unweighted_macro
 from ehrlab.models.cxr.adapter import FusionAdapter
 from ehrlab.models.cxr.clip import build_clip_encoders
 from ehrlab.models.cxr.parts import load_part
@@ -57,11 +57,11 @@ from ehrlab.pipeline import prepare
 
 
 def macro_aurocs(labels: np.ndarray, scores: np.ndarray, changed: np.ndarray) -> tuple[float, float]:
-    """(All, Diff): mean AUROC over the findings, on every row and on the rows whose label changed."""
-    every = [roc_auc_score(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
-    diff = [roc_auc_score(labels[changed[:, k], k], scores[changed[:, k], k]) for k in range(labels.shape[1])
-            if len(set(labels[changed[:, k], k])) == 2]
-    return float(np.mean(every)), float(np.mean(diff))
+    """(All, Diff): mean AUROC over the findings, on every row and on the rows whose label changed
+    (the evaluation's unweighted macro: a finding with one class in a subset is left out)."""
+    every = np.ones_like(changed, dtype=bool)
+    return (unweighted_macro(finding_aurocs(labels, scores, every)[0]),
+            unweighted_macro(finding_aurocs(labels, scores, changed)[0]))
 
 
 class Pairs:

@@ -53,7 +53,7 @@ def bootstrap(config_run: Path, images: list[dict[int, np.ndarray]], n: int) -> 
     test pairs (the same resamples for every run)."""
     from ehrlab.evaluation.cxr import EvaluationSettings, load_or_train_evaluator
     from ehrlab.evaluation.cxr.forecasts import label_sets
-    from ehrlab.evaluation.cxr.metrics import finding_aurocs, same_diff_masks, weighted_macro
+    from ehrlab.evaluation.cxr.metrics import same_diff_masks, weighted_macro_auroc
     from ehrlab.pipeline import prepare
 
     config = OmegaConf.load(config_run / "config.yaml")
@@ -73,8 +73,7 @@ def bootstrap(config_run: Path, images: list[dict[int, np.ndarray]], n: int) -> 
     for b, rows in enumerate(draws):
         for run, per_seed in enumerate(scores):
             for subset in SUBSETS:
-                out[run][subset][b] = np.mean([weighted_macro(*finding_aurocs(target[rows], s[rows],
-                                                                              masks[subset][rows]))
+                out[run][subset][b] = np.mean([weighted_macro_auroc(target[rows], s[rows], masks[subset][rows])
                                                for s in per_seed])
     return out
 
