@@ -51,6 +51,17 @@ def test_the_family_refuses_what_does_not_apply(family, task_kind, stage, messag
         FAMILIES[family].check(make_config(f"stage={stage}"), model_class, task_data)
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    ("cxr_evaluation.swap_events=yes", "swap_events='yes': must be true or false"),
+    ("cxr_evaluation.drop_events=1.5", "drop_events=1.5: must be in"),
+])
+def test_the_cxr_family_refuses_bad_evaluation_options_before_training(option, message, make_config):
+    model_class = type("SomeForecaster", (), {"family": "cxr_forecast"})
+    task_data = TaskData(kind="cxr_forecast", vocabulary=VOCABULARY, splits={})
+    with pytest.raises(UserInputError, match=message):
+        FAMILIES["cxr_forecast"].check(make_config("stage=all", option), model_class, task_data)
+
+
 @pytest.mark.parametrize(("family", "stage", "untrained"), [
     ("generation", "evaluate", True), ("generation", "generate", False), ("risk", "evaluate", False),
 ])

@@ -11,6 +11,7 @@ from ehrlab.data.cxr.contract import CXRTables
 from ehrlab.data.cxr.datamodule import drop_events, event_donors
 from ehrlab.data.tasks.cxr import CXRForecastTask, CXRTaskData
 from ehrlab.errors import UserInputError
+from ehrlab.families import FAMILIES
 
 
 @pytest.fixture
@@ -167,3 +168,12 @@ def test_a_test_split_of_one_patient_cannot_swap_events(saved):
     assert len(np.unique(saved.pairs["subject_id"].to_numpy()[module.datasets["test"].rows])) == 1
     with pytest.raises(UserInputError, match="swapped events on the test split: cannot give every pair"):
         module.predict_dataloader(swap_events_seed=0)
+
+
+@pytest.mark.parametrize("stage", ["all", "evaluate"])
+def test_the_family_refuses_a_swap_the_test_split_cannot_make_before_training(saved, make_config, stage):
+    model_class = type("SomeForecaster", (), {"family": "cxr_forecast"})
+    family = FAMILIES["cxr_forecast"]
+    family.check(make_config(f"stage={stage}"), model_class, saved)  # own events: nothing to refuse
+    with pytest.raises(UserInputError, match="swapped events on the test split: cannot give every pair"):
+        family.check(make_config(f"stage={stage}", "cxr_evaluation.swap_events=true"), model_class, saved)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from ehrlab.data.cxr.datamodule import drop_events as drop_events_at_random
+from ehrlab.data.cxr.datamodule import drop_events as drop_events_at_random, swapped_event_rows
 from ehrlab.families.base import Family
 from ehrlab.models.cxr.base import ENCODER
 
@@ -36,6 +36,16 @@ class ImageForecastFamily(Family):
     member = "a chest X-ray forecaster"
     task_hint = "task=cxr_forecast with a chest X-ray source (data=synthetic_cxr, mimic_cxr or cxr_folder)"
     stages = ("train", "generate", "evaluate", "all")
+
+    def check(self, cfg: DictConfig, model_class: type, task_data) -> None:
+        """Also the evaluation's options, which are read only after training: a bad value or a
+        test split that cannot swap events must fail before hours of training, not after."""
+        super().check(cfg, model_class, task_data)
+        if cfg.stage in ("generate", "evaluate", "all"):  # the stages that forecast
+            settings = evaluation_settings(cfg)
+            if settings.swap_events:
+                swapped_event_rows(task_data.pairs["subject_id"].to_numpy(np.int64), task_data.pair_rows("test"),
+                                   cfg.seed)
 
     def after_training(self, cfg: DictConfig, model, datamodule, task_data,
                        run_dir: Path) -> tuple[dict[str, float], list[Path]]:

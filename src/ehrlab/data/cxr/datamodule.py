@@ -121,11 +121,8 @@ class CXRDataModule(SplitDataModule):
         if swap_events_seed is None:
             return super().predict_dataloader()
         test = self.datasets["test"]
-        try:
-            donors = event_donors(test.batcher.subject_id[test.rows], swap_events_seed)
-        except ValueError as error:
-            raise UserInputError(f"swapped events on the test split: {error}") from error
-        return self._loader(PairIndex(test.batcher, test.rows, event_rows=test.rows[donors]), shuffle=False)
+        event_rows = swapped_event_rows(test.batcher.subject_id, test.rows, swap_events_seed)
+        return self._loader(PairIndex(test.batcher, test.rows, event_rows=event_rows), shuffle=False)
 
     def model_arguments(self) -> dict:
         """What the data tell a model's constructor."""
@@ -156,6 +153,17 @@ def event_donors(subject_id: np.ndarray, seed: int) -> np.ndarray:
     donors = np.empty(n, dtype=np.int64)
     donors[layout] = layout[(np.arange(n) + shift) % n]
     return donors
+
+
+def swapped_event_rows(subject_id: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """For each pair of `rows` (positions in the task's pairs, `subject_id` per position), the
+    position of the pair among `rows` whose events it gets (`event_donors`); a UserInputError
+    when the split cannot give every pair another patient's events."""
+    try:
+        donors = event_donors(subject_id[rows], seed)
+    except ValueError as error:
+        raise UserInputError(f"swapped events on the test split: {error}") from error
+    return rows[donors]
 
 
 def drop_events(batch: dict[str, torch.Tensor], fraction: float, seed: int) -> dict[str, torch.Tensor]:
