@@ -218,6 +218,19 @@ def generator_run(tmp_path_factory, cache_dir):
     return run_dir, pipeline.run(cfg)
 
 
+def test_split_seed_fixes_the_split_while_the_seed_varies(make_config, tmp_path):
+    """`split_seed` follows `seed` unless given: with it fixed, runs of different seeds train
+    and test on the same patients (one test set for a table of training seeds)."""
+    def test_patients(*overrides):
+        task_data = pipeline.prepare(make_config("task=generation", *overrides), tmp_path)
+        return set(task_data.splits["test"].subject_id.tolist())
+
+    seed_0 = test_patients("seed=0")
+    assert test_patients("seed=1", "split_seed=0") == seed_0
+    assert test_patients("seed=1") != seed_0
+    assert test_patients("seed=0", "split_seed=1") == test_patients("seed=1")
+
+
 def test_generator_stage_all_trains_generates_and_evaluates(generator_run, make_config, tmp_path):
     run_dir, metrics = generator_run
     synthetic = pd.read_parquet(run_dir / "synthetic.parquet")

@@ -323,3 +323,19 @@ def test_generator_sweep_renders_seed_002_tables_and_figures(tmp_path):
     assert (tmp_path / "figure8_deciles.png").stat().st_size > 0
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert {"eval/prevalence_r2_p75", "eval/disc_score"} <= set(summary["metric"])
+
+
+def test_split_seed_is_averaged_over_like_the_seed(tmp_path):
+    """`split_seed` draws the data's split: a sweep over both seeds gives one cell per model."""
+    write_multirun_yaml(tmp_path, {"seed": "0,1", "split_seed": "0,1"}, ["model=lstm,meddiffusion"])
+    number = 0
+    for model in ("lstm", "meddiffusion"):
+        for seed in (0, 1):
+            for split_seed in (0, 1):
+                write_job(tmp_path, number, [f"model={model}", f"seed={seed}", f"split_seed={split_seed}"],
+                          {"test/f1": 60.0 + 10 * seed + split_seed}, status="completed", model=model)
+                number += 1
+    main([str(tmp_path)])
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    assert list(summary.index) == ["lstm", "meddiffusion"]
+    assert (summary["n"] == 4).all() and summary.loc["lstm", "mean"] == pytest.approx(65.5)

@@ -15,10 +15,11 @@ import time
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 
 from support import SHRINK, run_cli, wandb_records
 from ehrlab import pipeline
-from ehrlab.config import PROJECT_ROOT, check_config
+from ehrlab.config import PROJECT_ROOT, check_config, resumed_config
 from ehrlab.errors import UserInputError
 
 SHRINK_WITHOUT_BATCH = [o for o in SHRINK if not o.startswith("data.batch_size")]
@@ -118,6 +119,20 @@ def test_resume_after_sigkill_ends_like_the_uninterrupted_run(tmp_path, cache_di
 def test_resume_refuses_what_it_cannot_continue(make_config, tmp_path):
     with pytest.raises(UserInputError, match="no config.yaml there"):
         pipeline.run(make_config(f"resume={tmp_path / 'nothing'}", shrink=False))
+
+
+def test_resuming_a_run_saved_before_split_seed_keeps_its_split(make_config, tmp_path):
+    """A run saved before `split_seed` existed was split with its `seed`: resuming it must
+    read the same prepared data, not the split of the default `split_seed`."""
+    saved = make_config("seed=3", shrink=False)
+    with open_dict(saved):
+        del saved["split_seed"]
+    run_dir = tmp_path / "old_run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").touch()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    resumed = resumed_config(OmegaConf.create({"resume": str(run_dir)}))
+    assert resumed.split_seed == 3
 
 
 # --- checkpoints: data only, and one message per way a file can be wrong ------------------------

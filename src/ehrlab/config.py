@@ -79,6 +79,8 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise UserInputError(f"resume={cfg.resume}: the run has no checkpoints/last.ckpt (it ended before its "
                              "first epoch did); start it again instead.")
     saved = OmegaConf.load(saved_path)
+    if "split_seed" not in saved:  # saved before split_seed existed, when the run's seed drew the split
+        saved.split_seed = saved.seed
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} | {"sweep"}
     for override in command_line_overrides():
         key = override.key_or_group

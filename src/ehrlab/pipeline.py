@@ -254,7 +254,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
     source = instantiate(cfg.data.source)
     task = instantiate(cfg.task)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    task_folder = cache_dir / "tasks" / f"{task.name}-{task.cache_key(source.cache_key(), cfg.seed)}"
+    task_folder = cache_dir / "tasks" / f"{task.name}-{task.cache_key(source.cache_key(), cfg.split_seed)}"
     if (task_folder / "task.json").exists():
         # A hit writes nothing, so sweep up what killed runs left half-written here.
         remove_stale_staging(task_folder.parent)
@@ -262,7 +262,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
         task_data = load_task_data(task_folder)
     else:
         tables = load_canonical(source, cache_dir)
-        task_data = task.build(tables, seed=cfg.seed)
+        task_data = task.build(tables, seed=cfg.split_seed)
         with staged_folder(task_folder) as staging:
             task_data.save(staging)
     # Evaluations that train their own instruments (the chest X-ray evaluators) cache them

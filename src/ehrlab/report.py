@@ -220,8 +220,9 @@ def completed_table(jobs: list[Job]) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), [k for k in varying if not _set_per_model(k, jobs, varying)]
 
 
-# The seed is averaged over; `sweep=` only chose which jobs ran (it sets no job setting).
-NOT_GROUPED = ("seed", "sweep")
+# Seeds are averaged over (`split_seed` draws the data's split, `seed` the rest); `sweep=` only
+# chose which jobs ran (it sets no job setting).
+NOT_GROUPED = ("seed", "split_seed", "sweep")
 
 
 def _set_per_model(key: str, jobs: list[Job], varying: list[str]) -> bool:
