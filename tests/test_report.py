@@ -339,3 +339,13 @@ def test_split_seed_is_averaged_over_like_the_seed(tmp_path):
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
     assert list(summary.index) == ["lstm", "meddiffusion"]
     assert (summary["n"] == 4).all() and summary.loc["lstm", "mean"] == pytest.approx(65.5)
+
+
+def test_metrics_within_one_get_three_decimals(tmp_path, capsys):
+    """An AUROC difference of 0.004 must not vanish in rounding; percentages keep two decimals."""
+    write_multirun_yaml(tmp_path, {"seed": "0,1"}, [])
+    for seed, (auroc, f1) in enumerate([(0.5712, 60.0), (0.5833, 61.0)]):
+        write_job(tmp_path, seed, [f"seed={seed}"], {"test/auroc_all": auroc, "test/f1": f1}, status="completed")
+    main([str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "0.577 ± 0.009 (n = 2)" in text and "60.50 ± 0.71 (n = 2)" in text

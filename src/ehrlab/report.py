@@ -250,10 +250,16 @@ def summarize(jobs: pd.DataFrame, group_keys: list[str],
     return summary.rename(columns={"count": "n", **{k: k.removeprefix("setting:") for k in group_keys}})
 
 
-def _cell(row: pd.Series) -> str:
-    if row["n"] == 1:
-        return f"{row['mean']:.2f} (n = 1)"  # one job has no spread: no "± 0.00"
-    return f"{row['mean']:.2f} ± {row['std']:.2f} (n = {row['n']})"
+def with_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each row's `cell` text. A metric whose means all lie in [-1, 1] (an
+    AUROC, a correlation, a share) gets three decimals, where differences between settings are
+    often in the third; others (percentages, losses, counts) two."""
+    fine = summary.groupby("metric")["mean"].transform(lambda means: bool((means.abs() <= 1).all()))
+    digits = np.where(fine.astype(bool), 3, 2)
+    cells = [f"{mean:.{d}f} (n = 1)" if n == 1  # one job has no spread: no "± 0.00"
+             else f"{mean:.{d}f} ± {std:.{d}f} (n = {n})"
+             for mean, std, n, d in zip(summary["mean"], summary["std"], summary["n"], digits, strict=True)]
+    return summary.assign(cell=cells)
 
 
 def _header(n: pd.Series) -> str:
@@ -268,7 +274,7 @@ def _header(n: pd.Series) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, group_keys: list[str]) -> str:
-    cells = summary.assign(cell=summary.apply(_cell, axis=1))
+    cells = with_cells(summary)
     wide = cells.pivot_table(index=group_keys, columns="metric", values="cell", aggfunc="first") if group_keys \
         else cells.set_index("metric")[["cell"]].T
     return _header(summary["n"]) + "\n\n" + to_markdown(wide.reset_index(drop=not group_keys))
@@ -359,7 +365,7 @@ def model_table(summary: pd.DataFrame) -> str:
     if not metrics:
         return ""
     frame = _labelled(summary.loc[summary["metric"].isin(metrics)])
-    frame = frame.assign(cell=frame.apply(_cell, axis=1))
+    frame = with_cells(frame)
     best = frame.groupby("metric")["mean"].transform("max")
     frame.loc[frame["mean"] == best, "cell"] = "**" + frame["cell"] + "**"
     wide = frame.pivot_table(index="label", columns="metric", values="cell", aggfunc="first")[metrics]
