@@ -230,6 +230,7 @@ def test_a_failed_run_is_marked_failed_in_its_directory_and_in_wandb(trained_che
     ("trainer.max_epochs=0", "trainer.max_epochs=0: must be a whole number ≥ 1 (or -1: no limit)"),
     ("generate.n_patients=0", "generate.n_patients=0: must be a whole number ≥ 1, or null"),
     ("seed=-3", "seed=-3: must be a whole number ≥ 0"),
+    ("split_seed=1.5", "split_seed=1.5: must be a whole number ≥ 0"),
     ("model.early_stopping_patience=0", "model.early_stopping_patience=0: must be a whole number ≥ 1, or null"),
     ("stage=trian", "stage=trian is not a stage"),
     ("ckpt_path=x.ckpt", "to continue training a run, use resume="),

@@ -122,6 +122,7 @@ _CHECKS = [
     ("evaluate.n_bootstrap", _whole(0), "a whole number ≥ 0"),
     ("evaluate.discriminator_epochs", _whole(1), "a whole number ≥ 1"),
     ("seed", _whole(0), "a whole number ≥ 0"),
+    ("split_seed", _whole(0), "a whole number ≥ 0"),
     ("model.early_stopping_patience", lambda v: v is None or _whole(1)(v),
      "a whole number ≥ 1, or null (no early stopping)"),
 ]
