@@ -34,12 +34,17 @@ from omegaconf import OmegaConf
 SUBSETS = ("all", "same", "diff")
 
 
-def load(run: Path) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
-    """Per sampling seed: the evaluation row and the forecast images (uint8)."""
+def read_evaluation(run: Path) -> dict:
+    """The run's evaluation/evaluation.json (its metrics, and a row per sampling seed)."""
     path = run / "evaluation" / "evaluation.json"
     if not path.is_file():
         raise SystemExit(f"{run}: no {path.relative_to(run)} (not an evaluated run, or its evaluation is not done)")
-    evaluation = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def load(run: Path) -> tuple[dict[int, dict], dict[int, np.ndarray]]:
+    """Per sampling seed: the evaluation row and the forecast images (uint8)."""
+    evaluation = read_evaluation(run)
     rows = dict(zip(evaluation["seeds"], evaluation["per_seed"], strict=True))
     return rows, {seed: np.load(run / "forecasts" / f"seed_{seed}.npz")["images"] for seed in rows}
 

@@ -14,17 +14,17 @@ other pairs or with another evaluator, and is refused.
     python results/ehrxdiff_small/seed_table.py --row EHRXDiff <run> <run> <run> \\
         --row w_null <run> <run> <run>
 
-Each run is a run directory with `config.yaml`, `metrics.json` and `evaluation/evaluation.json`.
+Each run is a run directory with `config.yaml` and `evaluation/evaluation.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
+from paired_forecasts import read_evaluation  # this folder's script, on the path when run as one
 
 COLUMNS = {  # column: key of an evaluation's per-seed row
     "IG All": "imagenome/auroc_all", "IG Same": "imagenome/auroc_same", "IG Diff": "imagenome/auroc_diff",
@@ -40,12 +40,8 @@ TEST_SET_KEYS = ("test/gt/auroc_all", "test/gt/auroc_same", "test/gt/auroc_diff"
 
 def load_run(run: Path) -> tuple[int, list[dict], tuple[float, ...]]:
     """The run's training seed, its evaluation per sampling seed and its test set's fingerprint."""
-    path = run / "evaluation" / "evaluation.json"
-    if not path.is_file():
-        raise SystemExit(f"{run}: no {path.relative_to(run)} (not an evaluated run, or its evaluation is not done)")
-    evaluation = json.loads(path.read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
-    fingerprint = (evaluation["n_pairs"], *(round(metrics[key], 9) for key in TEST_SET_KEYS))
+    evaluation = read_evaluation(run)
+    fingerprint = (evaluation["n_pairs"], *(round(evaluation["metrics"][key], 9) for key in TEST_SET_KEYS))
     return int(OmegaConf.load(run / "config.yaml").seed), evaluation["per_seed"], fingerprint
 
 

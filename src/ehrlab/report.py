@@ -254,8 +254,7 @@ def with_cells(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with each row's `cell` text. A metric whose means all lie in [-1, 1] (an
     AUROC, a correlation, a share) gets three decimals, where differences between settings are
     often in the third; others (percentages, losses, counts) two."""
-    fine = summary.groupby("metric")["mean"].transform(lambda means: bool((means.abs() <= 1).all()))
-    digits = np.where(fine.astype(bool), 3, 2)
+    digits = np.where(summary.groupby("metric")["mean"].transform(lambda means: means.abs().max()) <= 1, 3, 2)
     cells = [f"{mean:.{d}f} (n = 1)" if n == 1  # one job has no spread: no "± 0.00"
              else f"{mean:.{d}f} ± {std:.{d}f} (n = {n})"
              for mean, std, n, d in zip(summary["mean"], summary["std"], summary["n"], digits, strict=True)]
