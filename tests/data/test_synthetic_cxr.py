@@ -86,6 +86,10 @@ def test_options_are_checked():
         SyntheticCXRConfig(image_size=8)
     with pytest.raises(UserInputError, match="chexpert_flip"):
         SyntheticCXRConfig(chexpert_flip=0.7)
+    with pytest.raises(UserInputError, match="texture_change"):
+        SyntheticCXRConfig(texture_change=1.5)
+    with pytest.raises(UserInputError, match="acquisition_jitter"):
+        SyntheticCXRConfig(acquisition_jitter=-0.1)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +238,42 @@ def test_phantom_draws_the_findings():
     assert (draw(consolidation=1.0, lobe=2)[base].mean(axis=(1, 2)) > normal[base].mean(axis=(1, 2)) + 5).all()
     hila = (slice(None), rows(-0.3, 0.1), slice(size // 8, size // 2 - 6))
     assert (draw(edema=0.5)[hila].mean(axis=(1, 2)) > normal[hila].mean(axis=(1, 2)) + 8).all()
+
+
+def test_texture_change_zero_keeps_one_texture_per_patient():
+    # consolidation on, so that the blobs' placement is part of the texture compared
+    frame, _, _ = _phantoms(6, np.random.default_rng(0), consolidation=1.0, lobe=2)
+    frame = _still(frame).assign(texture_seed=np.arange(6))
+    twice = pd.concat([frame, frame], ignore_index=True)  # each patient imaged twice, nothing changed
+
+    def difference(texture_change, pairs=twice):
+        images = phantom.render_frontal(pairs, 48, np.random.default_rng(1), texture_change).astype(float)
+        return np.abs(images[:6] - images[6:]).mean(axis=(1, 2))
+
+    kept, mixed, redrawn = difference(0.0), difference(0.5), difference(1.0)
+    assert (kept == 0).all()  # same patient, same pose, no pixel noise: the same image
+    assert (redrawn > 0.3).all()
+    assert (mixed > 0).all() and (mixed < redrawn).all()
+    # another patient's texture (same anatomy, other texture seed) differs at 0 as well
+    other = pd.concat([frame, frame.assign(texture_seed=frame.texture_seed + 100)], ignore_index=True)
+    assert (difference(0.0, other) > 0.3).all()
+
+
+def test_acquisition_jitter_scales_pose_and_exposure():
+    full, half, none = (phantom.draw_acquisition(np.random.default_rng(0), 50, jitter) for jitter in (1.0, 0.5, 0.0))
+    for name in ("rotation", "shift_x", "shift_y"):
+        np.testing.assert_allclose(half[name], 0.5 * full[name])
+        assert (none[name] == 0).all() and full[name].abs().max() > 0
+    for name in ("scale", "gain", "gamma"):
+        np.testing.assert_allclose(half[name] - 1, 0.5 * (full[name] - 1))
+        assert (none[name] == 1).all()
+    np.testing.assert_array_equal(half.noise, full.noise)  # pixel noise is not acquisition pose
+    # the options reach the generator's image table: no pose jitter, one texture seed per patient
+    config = SyntheticCXRConfig(n_patients=20, acquisition_jitter=0.0, texture_change=0.0)
+    images = writers.image_table(model.draw_cohort(config, np.random.default_rng(0)), config)
+    assert (images.rotation == 0).all() and (images.scale == 1).all() and (images.gamma == 1).all()
+    seeds = images.groupby("subject_id").texture_seed
+    assert (seeds.nunique() == 1).all() and seeds.first().nunique() == images.subject_id.nunique()
 
 
 def test_sex_and_age_are_learnable_from_pixels():

@@ -48,6 +48,14 @@ class SyntheticCXRConfig:
     #: strength of the weak, arbitrary race cue (a shift of soft-tissue density in units of
     #: its between-patient spread; 0 = race is not in the image at all), see `phantom`
     race_cue: float = 0.5
+    #: how much of the texture (vessel markings, the patchy texture of consolidation and
+    #: edema, where a consolidation's blobs sit) each image draws anew: 1 all of it, 0 none, one
+    #: texture per patient (`phantom`); below 1 more of the change between two images of a
+    #: patient is their findings' change
+    texture_change: float = 1.0
+    #: scale of every image's deviation from the reference pose and exposure (at 1: rotation
+    #: +-5 deg, scale +-5 %, shift +-4 %, gain +-10 %, gamma +-15 %; 0: all at the reference)
+    acquisition_jitter: float = 1.0
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:

@@ -31,7 +31,14 @@ Findings (seed 004 Table 8), per study:
   region (per admission), confined to the lung.
 - Edema: a bilateral perihilar ("bat-wing") haze fading towards the periphery.
 Acquisition (per image): rotation +-5 deg, scale +-5 %, shift a few %, exposure gain and
-gamma, Gaussian pixel noise.
+gamma (`acquisition_jitter` scales all of these), Gaussian pixel noise.
+
+Texture: the vessel markings, the patchy texture of consolidation and edema, and where a
+consolidation's blobs sit around its lobe's centre are drawn per image by default
+(`texture_change=1`), so two images of one patient differ there even when nothing changed.
+`texture_change=0` keeps one texture per patient across all of their images, as real vessels
+stay; values between mix the two (at the level of the random knots, so the spread stays the
+same).
 """
 
 from __future__ import annotations
@@ -74,23 +81,47 @@ def draw_anatomy(rng: np.random.Generator, gender: np.ndarray, age: np.ndarray, 
     })
 
 
-def draw_acquisition(rng: np.random.Generator, n: int) -> pd.DataFrame:
-    """Per-image pose and exposure."""
-    return pd.DataFrame({
+def draw_acquisition(rng: np.random.Generator, n: int, jitter: float = 1.0) -> pd.DataFrame:
+    """Per-image pose and exposure; `jitter` scales every deviation from the reference pose
+    and exposure (0: all images alike), not the pixel noise."""
+    pose = pd.DataFrame({
         "rotation": np.deg2rad(rng.uniform(-5, 5, n)), "scale": rng.uniform(0.95, 1.05, n),
         "shift_x": rng.uniform(-0.04, 0.04, n), "shift_y": rng.uniform(-0.04, 0.04, n),
         "gain": rng.uniform(0.9, 1.1, n), "gamma": rng.uniform(0.85, 1.15, n), "noise": rng.uniform(0.008, 0.025, n),
     })
+    if jitter != 1:  # (left untouched at 1, so that the default draws stay bit for bit)
+        pose[["rotation", "shift_x", "shift_y"]] *= jitter
+        for name in ("scale", "gain", "gamma"):
+            pose[name] = 1 + jitter * (pose[name] - 1)
+    return pose
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, size: int, knots: int) -> np.ndarray:
-    """Smooth random fields [n, size, size] (unit spread): a knots x knots Gaussian grid,
+def _knots(rng: np.random.Generator, n: int, knots: int) -> np.ndarray:
+    return rng.standard_normal((n, knots, knots)).astype(np.float32)
+
+
+def _smooth_field(z: np.ndarray, size: int) -> np.ndarray:
+    """Smooth random fields [n, size, size] (unit spread) from Gaussian knots [n, k, k],
     linearly interpolated (two matrix products, no loop)."""
+    n, knots = z.shape[0], z.shape[1]
     grid = np.linspace(0, knots - 1, size, dtype=np.float32)
     weights = np.maximum(0, 1 - np.abs(grid[:, None] - np.arange(knots, dtype=np.float32)[None, :]))
-    z = rng.standard_normal((n, knots, knots)).astype(np.float32)
     field = np.einsum("sk,nkl,tl->nst", weights, z, weights, optimize=True)
     return field / field.reshape(n, -1).std(axis=1).reshape(n, 1, 1).clip(1e-6)
+
+
+VESSEL_KNOTS, PATCH_KNOTS, N_BLOBS, BLOB_SPREAD = 14, 10, 4, 0.09
+
+
+def _patient_texture(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vessel knots, patch knots, blob offsets [N_BLOBS, n, 2]) of each image's patient, drawn
+    from the patient's own `texture_seed`, so that every image of a patient gets the same."""
+    unique, inverse = np.unique(seeds, return_inverse=True)
+    streams = [np.random.default_rng(int(seed)) for seed in unique]
+    vessels = np.stack([_knots(stream, 1, VESSEL_KNOTS)[0] for stream in streams])
+    patch = np.stack([_knots(stream, 1, PATCH_KNOTS)[0] for stream in streams])
+    offsets = np.stack([stream.uniform(-BLOB_SPREAD, BLOB_SPREAD, (N_BLOBS, 2)) for stream in streams], axis=1)
+    return vessels[inverse], patch[inverse], offsets[:, inverse].astype(np.float32)
 
 
 def _step(distance, width):
@@ -113,13 +144,24 @@ def _frame_coordinates(images: pd.DataFrame, size: int) -> tuple[np.ndarray, np.
     return (cos * dx + sin * dy) / scale, (-sin * dx + cos * dy) / scale
 
 
-def render_frontal(images: pd.DataFrame, size: int, rng: np.random.Generator) -> np.ndarray:
+def render_frontal(images: pd.DataFrame, size: int, rng: np.random.Generator,
+                   texture_change: float = 1.0) -> np.ndarray:
     """uint8 [N, size, size] frontal (PA / AP) phantoms for one row per image with the
     ANATOMY_COLUMNS, the `draw_acquisition` columns, `ap` (0/1), `cardiomegaly` (0/1),
     `effusion_right`, `effusion_left` (fluid height as a share of the lung height, 0 none),
     `consolidation` (extent, 0 none), `lobe` (index into LOBES) and `edema` (haze intensity,
-    0 none). `rng` draws the textures and the pixel noise."""
+    0 none). `rng` draws the per-image textures and the pixel noise; with `texture_change`
+    below 1 (module docstring) the rows also need the patient's `texture_seed`."""
     n = len(images)
+    vessel_knots, patch_knots = _knots(rng, n, VESSEL_KNOTS), _knots(rng, n, PATCH_KNOTS)
+    offsets = rng.uniform(-BLOB_SPREAD, BLOB_SPREAD, size=(N_BLOBS, n, 2)).astype(np.float32)
+    if texture_change < 1:
+        own_vessels, own_patch, own_offsets = _patient_texture(images["texture_seed"].to_numpy())
+        keep, redraw = np.float32(np.sqrt(1 - texture_change)), np.float32(np.sqrt(texture_change))
+        vessel_knots = keep * own_vessels + redraw * vessel_knots
+        patch_knots = keep * own_patch + redraw * patch_knots
+        # offsets are uniform, not Gaussian: a convex mix keeps them inside the same square
+        offsets = np.float32(1 - texture_change) * own_offsets + np.float32(texture_change) * offsets
     u, v = _frame_coordinates(images, size)
     edge = np.float32(max(1.5 / size, 0.006))
     c = {name: _column(images, name) for name in (*ANATOMY_COLUMNS, "ap", "cardiomegaly", "effusion_right",
@@ -133,8 +175,7 @@ def render_frontal(images: pd.DataFrame, size: int, rng: np.random.Generator) ->
 
     lungs_effective = np.zeros((n, size, size), np.float32)
     lung_masks = []
-    vessels = _smooth_noise(rng, n, size, 14)
-    patch = _smooth_noise(rng, n, size, 10)
+    vessels, patch = _smooth_field(vessel_knots, size), _smooth_field(patch_knots, size)
     heart_half_width = 0.9 * thorax * np.where(c["cardiomegaly"] > 0, c["enlarged_ctr"], c["normal_ctr"])
     heart_half_width = heart_half_width * (1 + 0.12 * c["ap"])
     for side, fluid_name in ((-1.0, "effusion_right"), (1.0, "effusion_left")):
@@ -182,8 +223,7 @@ def render_frontal(images: pd.DataFrame, size: int, rng: np.random.Generator) ->
     lobe_u = side * 0.48 * thorax + side * lobe[:, 1].reshape(-1, 1, 1) * 0.42 * thorax
     lobe_v = top + lobe[:, 2].reshape(-1, 1, 1) * height
     blobs = np.zeros_like(u)
-    offsets = rng.uniform(-0.09, 0.09, size=(4, n, 2)).astype(np.float32)
-    for offset in offsets:  # four blobs
+    for offset in offsets:
         blobs += np.exp(-((u - lobe_u - offset[:, 0, None, None]) ** 2 + (v - lobe_v - offset[:, 1, None, None]) ** 2)
                         / (2 * 0.085 ** 2))
     opacity = c["consolidation"] * np.clip(blobs, 0, 1) * np.clip(0.65 + 0.35 * patch, 0, 1)

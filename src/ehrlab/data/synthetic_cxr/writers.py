@@ -18,6 +18,7 @@ import gzip
 import json
 import logging
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ RENDER_CHUNK = 64  # images drawn at once: arrays of 64 x 128 x 128 stay in cach
 EVENT_BLOCK = 500  # admissions per block of events (bounds memory at any size)
 
 # independent random streams, so that a change to one part leaves the others' draws alone
-_COHORT, _IMAGES, _LABELS, _EVENTS, _RENDER = range(5)
+_COHORT, _IMAGES, _LABELS, _EVENTS, _RENDER, _TEXTURE = range(6)
 
 
 def _stream(config: SyntheticCXRConfig, part: int, block: int = 0) -> np.random.Generator:
@@ -88,9 +89,11 @@ def image_table(cohort: model.Cohort, config: SyntheticCXRConfig) -> pd.DataFram
     first_age = cohort.admissions.groupby("subject_id").age.min().reindex(patients.subject_id).to_numpy()
     anatomy = phantom.draw_anatomy(rng, patients.gender.to_numpy(), first_age,
                                    np.array([race_group(r) for r in patients.race]), config.race_cue)
+    # each patient's own texture stream (used when texture_change < 1), from a stream of its own
+    anatomy["texture_seed"] = _stream(config, _TEXTURE).integers(0, 2 ** 63, len(patients))
     anatomy.index = patients.subject_id.to_numpy()
     images = images.join(anatomy, on="subject_id")
-    return pd.concat([images, phantom.draw_acquisition(rng, len(images))], axis=1)
+    return pd.concat([images, phantom.draw_acquisition(rng, len(images), config.acquisition_jitter)], axis=1)
 
 
 def planted_pairs(cohort: model.Cohort, images: pd.DataFrame, config: SyntheticCXRConfig) -> pd.DataFrame:
@@ -239,7 +242,8 @@ def _render(cxr: Path, images: pd.DataFrame, config: SyntheticCXRConfig, progres
         folder.mkdir(parents=True, exist_ok=True)
     lateral = (images.view == "LATERAL").to_numpy()
     chunks = [(draw, np.flatnonzero(mask)[i:i + RENDER_CHUNK])
-              for draw, mask in ((phantom.render_frontal, ~lateral), (phantom.render_lateral, lateral))
+              for draw, mask in ((partial(phantom.render_frontal, texture_change=config.texture_change), ~lateral),
+                                 (phantom.render_lateral, lateral))
               for i in range(0, int(mask.sum()), RENDER_CHUNK)]
     for number, (draw, rows) in enumerate(tqdm(chunks, desc="phantom images", disable=not progress, leave=False)):
         pixels = draw(images.iloc[rows], size, _stream(config, _RENDER, number))
