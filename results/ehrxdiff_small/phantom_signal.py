@@ -38,7 +38,7 @@ def consecutive_pairs(images):
 def signal(texture_change: float, acquisition_jitter: float, patients: int, size: int = 64) -> dict:
     config = SyntheticCXRConfig(n_patients=patients, spontaneous_change=0.0, texture_change=texture_change,
                                 acquisition_jitter=acquisition_jitter)
-    cohort = model.draw_cohort(config, writers._stream(config, writers._COHORT))  # the generator's own cohort
+    cohort = writers.draw_cohort(config)
     earlier, later = consecutive_pairs(writers.image_table(cohort, config))
 
     def draw(rows, seed):

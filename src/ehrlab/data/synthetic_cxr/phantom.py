@@ -153,6 +153,7 @@ def render_frontal(images: pd.DataFrame, size: int, rng: np.random.Generator,
     0 none). `rng` draws the per-image textures and the pixel noise; with `texture_change`
     below 1 (module docstring) the rows also need the patient's `texture_seed`."""
     n = len(images)
+    # per-image draws first, whatever texture_change is, so the pixel noise's draws stay aligned
     vessel_knots, patch_knots = _knots(rng, n, VESSEL_KNOTS), _knots(rng, n, PATCH_KNOTS)
     offsets = rng.uniform(-BLOB_SPREAD, BLOB_SPREAD, size=(N_BLOBS, n, 2)).astype(np.float32)
     if texture_change < 1:

@@ -50,6 +50,11 @@ def _stream(config: SyntheticCXRConfig, part: int, block: int = 0) -> np.random.
     return np.random.default_rng([int(config.seed), part, block])
 
 
+def draw_cohort(config: SyntheticCXRConfig) -> model.Cohort:
+    """The cohort `write_synthetic_cxr` writes for `config` (its own random stream)."""
+    return model.draw_cohort(config, _stream(config, _COHORT))
+
+
 def image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
     """MIMIC-CXR-JPG's relative path of an image."""
     return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg"
@@ -124,7 +129,7 @@ def _clock(values) -> np.ndarray:
 def write_synthetic_cxr(out_dir: Path, config: SyntheticCXRConfig, progress: bool = True) -> dict:
     """Generate the phantom into `out_dir` (see the module docstring); returns counts."""
     out_dir = Path(out_dir)
-    cohort = model.draw_cohort(config, _stream(config, _COHORT))
+    cohort = draw_cohort(config)
     images = image_table(cohort, config)
     cxr, mimic4, truth = out_dir / CXR_DIR, out_dir / MIMIC4_DIR, out_dir / TRUTH_DIR
     _write_cxr_tables(cxr, cohort, images, config)
