@@ -6,6 +6,7 @@ of the paper-size model (``ehrxdiff``, 256², 600 M trained parameters) at batch
     python bench/bench_ehrxdiff.py --skip-paper     # without the paper-size step (≈ 14 GB of memory)
     python bench/bench_ehrxdiff.py --threads 2
     python bench/bench_ehrxdiff.py --skip-paper --override model.table_context=mixed   # any config override
+    python bench/bench_ehrxdiff.py --device cuda --precision bf16 --paper-batch 32 128   # on a GPU
 
 The models are built from the project's configs (``model=ehrxdiff_small`` etc., composed as
 ``run.py`` would), with untrained parts. Batches have the default phantom's shapes: images of
@@ -16,11 +17,16 @@ encoder). Each measurement runs in a child process so that its peak resident mem
 update; reported is the median of ``--steps`` steps of new pairs after one warm-up step (the
 first epoch), and of the same steps again (later epochs, where ``cache_conditions`` reads the
 frozen parts' outputs back; equal to the first for a model without it).
+
+On a GPU (``--device cuda``) the clock is read after ``torch.cuda.synchronize()`` and the peak is
+the GPU memory the process allocated (``torch.cuda.max_memory_allocated``); ``--precision bf16``
+runs the step and the sampler under ``torch.autocast`` as ``trainer=gpu`` (``bf16-mixed``) does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -74,8 +80,31 @@ def phantom_batch(size: int, image_size: int, seed: int = 0) -> dict[str, torch.
             "pair_id": torch.arange(size), "subject_id": torch.arange(size)}
 
 
+DEVICE = torch.device("cpu")
+PRECISION = "32"
+
+
 def peak_gib() -> float:
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(DEVICE) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def clock() -> float:
+    """Seconds, after the device has finished what was queued."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
+def autocast():
+    if PRECISION == "bf16":
+        return torch.autocast(DEVICE.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.to(DEVICE) for key, value in batch.items()}
 
 
 def train_steps(name: str, steps: int, batch_size: int | None, overrides: list[str]) -> dict:
@@ -83,19 +112,22 @@ def train_steps(name: str, steps: int, batch_size: int | None, overrides: list[s
     epochs: with ``cache_conditions`` the frozen parts' outputs are read back); one warm-up step."""
     model, configured, image_size = build(name, overrides)
     batch_size = batch_size or configured
+    model.to(DEVICE)
     optimizer = model.configure_optimizers()
     model.train()
-    batches = [phantom_batch(batch_size, image_size, seed=step) for step in range(steps + 1)]
+    batches = [on_device(phantom_batch(batch_size, image_size, seed=step)) for step in range(steps + 1)]
     for index, batch in enumerate(batches):
         batch["pair_id"] = batch["pair_id"] + index * batch_size  # every pair once per epoch
 
     def step(batch) -> float:
-        start = time.perf_counter()
+        start = clock()
         optimizer.zero_grad()
-        model.diffusion_loss(*_training_inputs(model, batch)).backward()
+        with autocast():
+            loss = model.diffusion_loss(*_training_inputs(model, batch))
+        loss.backward()
         optimizer.step()
         model.update_ema()
-        return time.perf_counter() - start
+        return clock() - start
 
     first = statistics.median([step(batch) for batch in batches][1:])
     later = statistics.median([step(batch) for batch in batches[1:]])
@@ -118,12 +150,15 @@ def _training_inputs(model, batch):
 
 def sampling(name: str, batches: int, batch_size: int | None, overrides: list[str]) -> dict:
     model, configured, image_size = build(name, overrides)
+    model.to(DEVICE).eval()
     batch_size = batch_size or configured
-    model.forecast(phantom_batch(2, image_size), seed=0)  # warm-up
-    start = time.perf_counter()
-    for index in range(batches):
-        model.forecast(phantom_batch(batch_size, image_size, seed=100 + index), seed=0)
-    seconds = time.perf_counter() - start
+    inputs = [on_device(phantom_batch(batch_size, image_size, seed=100 + index)) for index in range(batches)]
+    with autocast():
+        model.forecast(on_device(phantom_batch(2, image_size)), seed=0)  # warm-up
+        start = clock()
+        for batch in inputs:
+            model.forecast(batch, seed=0)
+        seconds = clock() - start
     images = batches * batch_size
     return {"measure": f"sample {name}", "batch": batch_size, "sampling_steps": model.sampling_steps,
             "images_per_s": images / seconds, "ms_per_image_and_step": 1000 * seconds / images / model.sampling_steps,
@@ -145,11 +180,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
     parser.add_argument("--sample-batches", type=int, default=2, help="timed sampling batches")
-    parser.add_argument("--skip-paper", action="store_true", help="leave out the paper-size step at batch 1")
+    parser.add_argument("--skip-paper", action="store_true", help="leave out the paper-size training step")
+    parser.add_argument("--skip-small", action="store_true", help="leave out ehrxdiff_small and its w_null variant")
+    parser.add_argument("--paper-batch", type=int, nargs="+", default=[1],
+                        help="batch sizes of the paper-size training step (default 1; the paper's is 128)")
+    parser.add_argument("--paper-sample-batch", type=int, default=0,
+                        help="also time paper-size DDIM sampling at this batch (0: not)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (one GPU)")
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32",
+                        help="bf16: autocast as trainer=gpu's bf16-mixed")
     parser.add_argument("--override", action="append", default=[],
                         help="a config override for every model measured (repeatable), e.g. model.table_context=mixed")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE, PRECISION
+    DEVICE, PRECISION = torch.device(args.device), args.precision
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -159,13 +204,18 @@ def main() -> None:
         print(json.dumps(result))
         return
     common = [f"--threads={args.threads or torch.get_num_threads()}", f"--steps={args.steps}",
-              f"--sample-batches={args.sample_batches}", *(f"--override={o}" for o in args.override)]
-    jobs = [["train", "ehrxdiff_small", "0"], ["train", "ehrxdiff_small_wnull", "0"], ["sample", "ehrxdiff_small", "0"]]
+              f"--sample-batches={args.sample_batches}", f"--device={args.device}", f"--precision={args.precision}",
+              *(f"--override={o}" for o in args.override)]
+    jobs = [] if args.skip_small else [["train", "ehrxdiff_small", "0"], ["train", "ehrxdiff_small_wnull", "0"],
+                                       ["sample", "ehrxdiff_small", "0"]]
     if not args.skip_paper:
-        jobs.append(["train", "ehrxdiff", "1"])
-    print(f"{torch.get_num_threads() if not args.threads else args.threads} threads"
-          + (f"; overrides {' '.join(args.override)}" if args.override else ""))
-    print("| measure | batch | result | peak RSS (GiB) |")
+        jobs += [["train", "ehrxdiff", str(batch)] for batch in args.paper_batch]
+    if args.paper_sample_batch:
+        jobs.append(["sample", "ehrxdiff", str(args.paper_sample_batch)])
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda"
+             else f"{args.threads or torch.get_num_threads()} threads")
+    print(f"{where}, precision {args.precision}" + (f"; overrides {' '.join(args.override)}" if args.override else ""))
+    print(f"| measure | batch | result | peak {'GPU memory' if DEVICE.type == 'cuda' else 'RSS'} (GiB) |")
     print("|---|---:|---|---:|")
     for job in jobs:
         result = child(job + common)
