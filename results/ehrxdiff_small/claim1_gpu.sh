@@ -19,7 +19,7 @@
 #
 # Every stage runs under `timeout`, so the script ends within BUDGET seconds and what finished
 # comes back. On one H200 (2026-11-29) the six runs side by side took about 30 s an epoch each
-# (the small model is bound by the host, not the GPU: BENCHMARKS.md), so the default budget of
+# (the small model leaves the GPU mostly idle: BENCHMARKS.md), so the default budget of
 # 40 minutes should give the driver runs their 15 epochs and the paper-selection runs about 55
 # (projected, not yet run); a 9-minute budget was too short (the driver runs reached epoch 9,
 # nothing was evaluated).
