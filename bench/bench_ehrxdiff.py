@@ -186,7 +186,7 @@ def main() -> None:
                         help="batch sizes of the paper-size training step (default 1; the paper's is 128)")
     parser.add_argument("--paper-sample-batch", type=int, default=0,
                         help="also time paper-size DDIM sampling at this batch (0: not)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (one GPU)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the first GPU")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32",
                         help="bf16: autocast as trainer=gpu's bf16-mixed")
     parser.add_argument("--override", action="append", default=[],
@@ -195,6 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     global DEVICE, PRECISION
     DEVICE, PRECISION = torch.device(args.device), args.precision
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

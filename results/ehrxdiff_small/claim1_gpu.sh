@@ -80,9 +80,8 @@ chain() {  # chain drv|pap <seed>: train and evaluate, then evaluate with other 
   fi
   dir=$(run_dir "$tag")
   if [ -z "$dir" ] || [ ! -f "$dir/checkpoints/best.ckpt" ]; then stamp "$tag: no checkpoint"; return; fi
-  local config=("seed=$seed" stage=evaluate "ckpt_path=$dir/checkpoints/best.ckpt"
-    "model.autoencoder_checkpoint=$(grep -m1 'autoencoder_checkpoint:' "$dir/config.yaml" | awk '{print $2}')"
-    "model.clip_checkpoint=$(grep -m1 'clip_checkpoint:' "$dir/config.yaml" | awk '{print $2}')")
+  # the run's autoencoder and CLIP come back from the cache (same data, part config and seed)
+  local config=("seed=$seed" stage=evaluate "ckpt_path=$dir/checkpoints/best.ckpt")
   # shellcheck disable=SC2086
   run "${tag}_swap" "$(until_ $eval_end)" $selection "${config[@]}" cxr_evaluation.swap_events=true &
   if [ "$kind" = drv ]; then
